@@ -1,0 +1,92 @@
+//! `AgentService`: one long-lived stream per agent. The first message must be
+//! `Register`; every message renews the agent's lease; a stream silent past
+//! the lease is cut and the agent is lost.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use mpctl_proto::v1::{
+    agent_message::Msg, agent_service_server::AgentService, AgentMessage, CoordinatorMessage,
+};
+use mpctl_transport::{require_role, Role};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::Core;
+
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct AgentSessions {
+    pub core: Arc<Core>,
+}
+
+type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for AgentSessions {
+    type SessionStream = Outbound;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Outbound>, Status> {
+        let peer = require_role(&req, Role::Agent)?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no Register within 10 s of opening the session"))??;
+        let Some(AgentMessage {
+            msg: Some(Msg::Register(reg)),
+        }) = first
+        else {
+            return Err(Status::invalid_argument(
+                "the first message of an agent session must be Register",
+            ));
+        };
+        let name = reg.name.clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let generation = self.core.register(reg, tx).await?;
+        tracing::info!(agent = %name, remote = %peer.remote_addr, "agent session open");
+        let core = Arc::clone(&self.core);
+        tokio::spawn(async move {
+            let lease = core.timings.lease;
+            loop {
+                match tokio::time::timeout(lease, inbound.message()).await {
+                    Ok(Ok(Some(msg))) => {
+                        core.seen(&name);
+                        handle(&core, &name, generation, msg).await;
+                    }
+                    Ok(Ok(None)) => {
+                        tracing::info!(agent = %name, "agent session closed");
+                        break;
+                    }
+                    Ok(Err(status)) => {
+                        tracing::warn!(agent = %name, %status, "agent session broke");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::warn!(agent = %name, "agent silent past its lease; closing its session");
+                        break;
+                    }
+                }
+            }
+            core.disconnected(&name, generation);
+        });
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+async fn handle(core: &Arc<Core>, agent: &str, generation: u64, msg: AgentMessage) {
+    match msg.msg {
+        Some(Msg::Heartbeat(_)) | None => {}
+        Some(Msg::Register(_)) => {
+            tracing::warn!(agent, "ignoring a second Register on one session")
+        }
+        Some(Msg::Launched(l)) => core.launched(agent, &l.process_id, l.pid, l.at_unix_ms).await,
+        Some(Msg::LaunchFailed(f)) => core.launch_failed(agent, &f.process_id, &f.error).await,
+        Some(Msg::Exited(e)) => core.exited(agent, generation, e).await,
+        Some(Msg::LogData(d)) => core.handle_log_data(d),
+    }
+}

@@ -1,0 +1,815 @@
+//! The coordinator's state machine: every change to processes and agents.
+//!
+//! Each operation takes the table lock, changes the table, queues a store
+//! [`Batch`] (rows plus the agent messages that must follow them), releases
+//! the lock, then wakes waiters. Join and Wait sleep on a watch channel that is
+//! bumped on every change, so they answer the moment an exit is known.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mpctl_proto::v1::{
+    coordinator_message::Msg as ToAgent, AckExit, AgentInfo, AgentState, CoordinatorMessage,
+    Exited, Launch, LogChunk, LogData, LogStream, ProcessInfo, ProcessState, ReadLogs, Register,
+    Registered, Signal, StartMethod, StartRequest,
+};
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::placement::{self, Decision};
+use crate::store::{Batch, Op, Pending, Store};
+use crate::table::{is_active, is_settled, AgentEntry, LogRoute, ProcRecord, Session, Table};
+use crate::validate;
+
+/// Timings of the agent protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    /// An agent silent this long is lost, and so are its processes.
+    pub lease: Duration,
+    /// How often agents must send a heartbeat.
+    pub heartbeat: Duration,
+}
+
+impl Default for Timings {
+    fn default() -> Self {
+        Timings {
+            lease: Duration::from_secs(10),
+            heartbeat: Duration::from_secs(2),
+        }
+    }
+}
+
+/// How long Start waits for the agent to confirm a launch before returning
+/// the process as `LAUNCHING`.
+const START_CONFIRM: Duration = Duration::from_secs(30);
+
+pub struct Core {
+    table: Mutex<Table>,
+    store: Store,
+    changed: watch::Sender<u64>,
+    pub timings: Timings,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn new_id() -> String {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("the OS random source is unavailable");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn not_found(id: &str) -> Status {
+    Status::not_found(format!(
+        "no process with id {id:?} (see `mpctl ps -a` for the known ones)"
+    ))
+}
+
+fn state_of(info: &ProcessInfo) -> ProcessState {
+    ProcessState::try_from(info.state).unwrap_or(ProcessState::Unspecified)
+}
+
+/// What an operation leaves to do once the lock is released.
+struct Effects {
+    batch: Batch,
+    changed: bool,
+}
+
+impl Effects {
+    fn new() -> Self {
+        Effects {
+            batch: Batch::default(),
+            changed: false,
+        }
+    }
+    fn put(&mut self, rec: &ProcRecord) {
+        self.batch.ops.push(rec.op());
+        self.changed = true;
+    }
+    fn send(&mut self, session: &Session, msg: ToAgent) {
+        self.batch
+            .after_commit
+            .push((session.tx.clone(), CoordinatorMessage { msg: Some(msg) }));
+    }
+}
+
+impl Core {
+    pub fn new(table: Table, store: Store, timings: Timings) -> Arc<Core> {
+        Arc::new(Core {
+            table: Mutex::new(table),
+            store,
+            changed: watch::channel(0).0,
+            timings,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // A panic while holding the lock is a bug; the table is still the best
+        // state we have, so keep serving.
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues the effects' batch (under the lock, keeping order) and wakes waiters.
+    fn finish(&self, _guard: MutexGuard<'_, Table>, fx: Effects) -> Pending {
+        self.submit(fx)
+    }
+
+    /// [`Core::finish`] for callers that keep holding the lock.
+    fn submit(&self, fx: Effects) -> Pending {
+        let pending = self.store.submit(fx.batch);
+        if fx.changed {
+            self.changed.send_modify(|g| *g = g.wrapping_add(1));
+        }
+        pending
+    }
+
+    async fn durable(pending: Pending) -> Result<(), Status> {
+        pending
+            .durable()
+            .await
+            .map_err(|e| Status::internal(format!("the coordinator could not save its state: {e}")))
+    }
+
+    /// Waits until `check` returns something, or the deadline passes.
+    async fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut check: impl FnMut(&Table) -> Option<T>,
+    ) -> Option<T> {
+        let mut rx = self.changed.subscribe();
+        loop {
+            rx.borrow_and_update();
+            if let Some(v) = check(&self.lock()) {
+                return Some(v);
+            }
+            let changed = rx.changed();
+            match deadline {
+                Some(d) => match tokio::time::timeout_at(d.into(), changed).await {
+                    Ok(Ok(())) => {}
+                    _ => return None,
+                },
+                None => {
+                    if changed.await.is_err() {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    // ----- ProcessManager -------------------------------------------------
+
+    pub async fn start(&self, req: StartRequest) -> Result<ProcessInfo, Status> {
+        validate::start_request(&req)?;
+        let (id, pending) = {
+            let mut t = self.lock();
+            if let Some(id) = t.by_request.get(&req.request_id) {
+                // A retried start: the same process, never a second launch.
+                (id.clone(), self.store.submit(Batch::default()))
+            } else {
+                self.create(&mut t, req)?
+            }
+        };
+        Self::durable(pending).await?;
+        self.start_outcome(&id).await
+    }
+
+    /// Records a new process and places or queues it.
+    fn create(
+        &self,
+        t: &mut MutexGuard<'_, Table>,
+        req: StartRequest,
+    ) -> Result<(String, Pending), Status> {
+        {
+            let mut fx = Effects::new();
+            let id = loop {
+                let id = new_id();
+                if !t.procs.contains_key(&id) {
+                    break id;
+                }
+            };
+            let number = t.next_number;
+            t.next_number += 1;
+            fx.batch.ops.push(Op::NextNumber(t.next_number));
+            let command = req.command.clone().unwrap_or_default();
+            let info = ProcessInfo {
+                id: id.clone(),
+                name: if req.name.is_empty() {
+                    format!("Process-{number}")
+                } else {
+                    req.name.clone()
+                },
+                state: ProcessState::Queued as i32,
+                daemon: req.daemon,
+                parent_id: req.parent_id.clone(),
+                argv: command.argv.clone(),
+                cwd: command.cwd.clone(),
+                created_unix_ms: now_ms(),
+                request_id: req.request_id.clone(),
+                start_method: StartMethod::Spawn as i32,
+                ..Default::default()
+            };
+            let placement = req.placement.clone().unwrap_or_default();
+            let decision = placement::decide(&t.agents, &placement);
+            if let Decision::NoMatch(why) = decision {
+                return Err(Status::failed_precondition(format!("cannot place process: {why}")));
+            }
+            if !req.request_id.is_empty() {
+                t.by_request.insert(req.request_id.clone(), id.clone());
+            }
+            t.procs.insert(
+                id.clone(),
+                ProcRecord {
+                    info,
+                    request: req,
+                },
+            );
+            match decision {
+                Decision::Assign(node) => assign(t, &id, &node, &mut fx),
+                _ => {
+                    t.queue.push_back(id.clone());
+                    fx.put(&t.procs[&id]);
+                }
+            }
+            Ok((id, self.submit(fx)))
+        }
+    }
+
+    /// The answer to a Start: once the launch is confirmed or refused.
+    async fn start_outcome(&self, id: &str) -> Result<ProcessInfo, Status> {
+        let deadline = Instant::now() + START_CONFIRM;
+        let info = self
+            .wait_until(Some(deadline), |t| {
+                let rec = t.procs.get(id)?;
+                (rec.state() != ProcessState::Launching).then(|| rec.info.clone())
+            })
+            .await;
+        let info = match info {
+            Some(info) => info,
+            None => self.get(id)?,
+        };
+        if state_of(&info) == ProcessState::Failed {
+            return Err(Status::failed_precondition(info.start_error));
+        }
+        Ok(info)
+    }
+
+    pub fn get(&self, id: &str) -> Result<ProcessInfo, Status> {
+        self.lock()
+            .procs
+            .get(id)
+            .map(|r| r.info.clone())
+            .ok_or_else(|| not_found(id))
+    }
+
+    pub fn list(&self, all: bool, node: &str) -> Vec<ProcessInfo> {
+        let t = self.lock();
+        let mut out: Vec<ProcessInfo> = t
+            .procs
+            .values()
+            .filter(|r| all || !matches!(r.state(), ProcessState::Stopped | ProcessState::Failed))
+            .filter(|r| node.is_empty() || r.info.node == node)
+            .map(|r| r.info.clone())
+            .collect();
+        out.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        out
+    }
+
+    /// Like `Process.join(timeout)`: the process once settled, or `None` on timeout.
+    pub async fn join(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<(ProcessInfo, bool), Status> {
+        self.get(id)?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let settled = self
+            .wait_until(deadline, |t| {
+                let rec = t.procs.get(id)?;
+                is_settled(rec.state()).then(|| rec.info.clone())
+            })
+            .await;
+        match settled {
+            Some(info) => Ok((info, false)),
+            None => Ok((self.get(id)?, true)),
+        }
+    }
+
+    /// Sentinel wait: the settled subset (any), or all of them (all).
+    pub async fn wait(
+        &self,
+        ids: &[String],
+        timeout: Option<Duration>,
+        all: bool,
+    ) -> Result<Vec<ProcessInfo>, Status> {
+        if ids.is_empty() {
+            return Err(Status::invalid_argument("wait needs at least one process id"));
+        }
+        if ids.len() > validate::MAX_WAIT_IDS {
+            return Err(Status::invalid_argument(format!(
+                "wait takes at most {} processes, got {}",
+                validate::MAX_WAIT_IDS,
+                ids.len()
+            )));
+        }
+        for id in ids {
+            self.get(id)?;
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let ready = |t: &Table| -> Vec<ProcessInfo> {
+            ids.iter()
+                .filter_map(|id| t.procs.get(id))
+                .filter(|r| is_settled(r.state()))
+                .map(|r| r.info.clone())
+                .collect()
+        };
+        let found = self
+            .wait_until(deadline, |t| {
+                let r = ready(t);
+                let done = if all { r.len() == ids.len() } else { !r.is_empty() };
+                done.then_some(r)
+            })
+            .await;
+        Ok(found.unwrap_or_else(|| ready(&self.lock())))
+    }
+
+    /// terminate()/kill(): the process only, or its tree. A stopped process is
+    /// left alone (not an error), a queued one is dropped from the queue and
+    /// stopped with `-signo` as if it had died at once.
+    pub async fn signal(&self, id: &str, signo: i32, tree: bool) -> Result<ProcessInfo, Status> {
+        let pending = {
+            let mut t = self.lock();
+            let rec = t.procs.get(id).ok_or_else(|| not_found(id))?;
+            let mut fx = Effects::new();
+            match rec.state() {
+                ProcessState::Queued => {
+                    t.queue.retain(|q| q != id);
+                    let rec = t.procs.get_mut(id).expect("checked above");
+                    rec.info.state = ProcessState::Stopped as i32;
+                    rec.info.exitcode = Some(-signo);
+                    rec.info.stopped_unix_ms = now_ms();
+                    fx.put(rec);
+                }
+                ProcessState::Launching | ProcessState::Started => {
+                    let node = rec.info.node.clone();
+                    let agent = t.agents.get(&node);
+                    let Some(session) = agent.and_then(|a| a.session.clone()) else {
+                        return Err(Status::unavailable(format!(
+                            "process {id} runs on node {node}, which is not connected; the signal was not sent (retry when `mpctl agents` shows {node} ready)"
+                        )));
+                    };
+                    fx.send(
+                        &session,
+                        ToAgent::Signal(Signal {
+                            process_id: id.to_owned(),
+                            signo,
+                            tree,
+                        }),
+                    );
+                }
+                ProcessState::Lost => {
+                    return Err(Status::unavailable(format!(
+                        "process {id} is lost with its node {}; it cannot be signalled until the node comes back",
+                        rec.info.node
+                    )));
+                }
+                _ => {}
+            }
+            self.finish(t, fx)
+        };
+        Self::durable(pending).await?;
+        self.get(id)
+    }
+
+    pub fn agents(&self) -> Vec<AgentInfo> {
+        self.lock()
+            .agents
+            .values()
+            .map(|a| {
+                let mut info = a.info.clone();
+                info.used = a.running.len() as u32;
+                info
+            })
+            .collect()
+    }
+
+    // ----- Logs -----------------------------------------------------------
+
+    /// Asks the process's agent for its output. `None`: the process never ran.
+    pub fn open_logs(
+        &self,
+        id: &str,
+        stream: LogStream,
+        follow: bool,
+    ) -> Result<Option<(u64, mpsc::UnboundedReceiver<Result<LogChunk, Status>>)>, Status> {
+        let mut t = self.lock();
+        let rec = t.procs.get(id).ok_or_else(|| not_found(id))?;
+        if rec.info.node.is_empty() || rec.state() == ProcessState::Failed {
+            return Ok(None);
+        }
+        let node = rec.info.node.clone();
+        let session = t
+            .agents
+            .get(&node)
+            .and_then(|a| a.session.clone())
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "the output of {id} is on node {node}, which is not connected"
+                ))
+            })?;
+        let request_id = t.next_log_request;
+        t.next_log_request += 1;
+        // Unbounded: the agent caps each output file, so one request holds at
+        // most that much, and a slow reader never stalls the agent's stream.
+        let (tx, rx) = mpsc::unbounded_channel();
+        t.log_routes.insert(request_id, LogRoute { node, tx });
+        let _ = session.tx.send(CoordinatorMessage {
+            msg: Some(ToAgent::ReadLogs(ReadLogs {
+                request_id,
+                process_id: id.to_owned(),
+                stream: stream as i32,
+                follow,
+            })),
+        });
+        Ok(Some((request_id, rx)))
+    }
+
+    /// The client went away: stop the agent's reader.
+    pub fn cancel_logs(&self, request_id: u64) {
+        let mut t = self.lock();
+        if let Some(route) = t.log_routes.remove(&request_id) {
+            if let Some(session) = t.agents.get(&route.node).and_then(|a| a.session.as_ref()) {
+                let _ = session.tx.send(CoordinatorMessage {
+                    msg: Some(ToAgent::CancelLogs(mpctl_proto::v1::CancelLogs { request_id })),
+                });
+            }
+        }
+    }
+
+    fn log_data(&self, data: LogData) {
+        let mut t = self.lock();
+        let Some(route) = t.log_routes.get(&data.request_id) else {
+            return;
+        };
+        let mut gone = false;
+        if !data.data.is_empty() {
+            gone |= route
+                .tx
+                .send(Ok(LogChunk {
+                    stream: data.stream,
+                    data: data.data,
+                }))
+                .is_err();
+        }
+        if !data.error.is_empty() {
+            let _ = route.tx.send(Err(Status::unavailable(data.error)));
+        }
+        if data.eof {
+            t.log_routes.remove(&data.request_id);
+        } else if gone {
+            drop(t);
+            self.cancel_logs(data.request_id);
+        }
+    }
+
+    // ----- AgentService ---------------------------------------------------
+
+    /// A (re)connecting agent: record it, reconcile its processes with the
+    /// table, and hand it the queue. Returns the session generation.
+    pub async fn register(
+        &self,
+        reg: Register,
+        tx: mpsc::UnboundedSender<CoordinatorMessage>,
+    ) -> Result<u64, Status> {
+        validate::register(&reg)?;
+        let (generation, pending) = {
+            let mut t = self.lock();
+            let generation = t.next_generation;
+            t.next_generation += 1;
+            let session = Session { generation, tx };
+            let _ = session.tx.send(CoordinatorMessage {
+                msg: Some(ToAgent::Registered(Registered {
+                    heartbeat_interval_ms: self.timings.heartbeat.as_millis() as u64,
+                    lease_ms: self.timings.lease.as_millis() as u64,
+                })),
+            });
+            let name = reg.name.clone();
+            let info = AgentInfo {
+                name: name.clone(),
+                state: AgentState::Ready as i32,
+                slots: reg.slots,
+                used: 0,
+                labels: reg.labels.clone(),
+                version: reg.version.clone(),
+                last_seen_unix_ms: now_ms(),
+                hostname: reg.hostname.clone(),
+            };
+            let mut fx = Effects::new();
+            fx.batch.ops.push(Op::Agent(info.clone()));
+            t.agents.insert(
+                name.clone(),
+                AgentEntry {
+                    info,
+                    session: Some(session.clone()),
+                    running: HashSet::new(),
+                },
+            );
+            let mut known: HashSet<String> = HashSet::new();
+            for ex in reg.exited {
+                known.insert(ex.process_id.clone());
+                apply_exit(&mut t, &name, &session, ex, &mut fx);
+            }
+            for r in reg.running {
+                known.insert(r.process_id.clone());
+                match t.procs.get_mut(&r.process_id) {
+                    Some(rec) if rec.info.node == name && !is_final(rec.state()) => {
+                        rec.info.state = ProcessState::Started as i32;
+                        rec.info.pid = r.pid;
+                        fx.put(rec);
+                    }
+                    _ => tracing::warn!(
+                        agent = %name, process = %r.process_id, pid = r.pid,
+                        "agent runs a process the coordinator does not know; leaving it alone"
+                    ),
+                }
+            }
+            // Launches the agent never confirmed are sent again (the launcher
+            // deduplicates by id); started processes it no longer knows are lost.
+            let mine: Vec<String> = t
+                .procs
+                .values()
+                .filter(|r| r.info.node == name && !known.contains(&r.info.id))
+                .filter(|r| matches!(r.state(), ProcessState::Launching | ProcessState::Started))
+                .map(|r| r.info.id.clone())
+                .collect();
+            for id in mine {
+                let rec = t.procs.get_mut(&id).expect("listed above");
+                if rec.state() == ProcessState::Launching {
+                    fx.send(&session, ToAgent::Launch(launch_message(rec)));
+                } else {
+                    rec.info.state = ProcessState::Lost as i32;
+                    fx.put(rec);
+                }
+            }
+            let running: HashSet<String> = t
+                .procs
+                .values()
+                .filter(|r| r.info.node == name && is_active(r.state()))
+                .map(|r| r.info.id.clone())
+                .collect();
+            t.agents.get_mut(&name).expect("inserted above").running = running;
+            dispatch_queue(&mut t, &mut fx);
+            fx.changed = true;
+            (generation, self.finish(t, fx))
+        };
+        Self::durable(pending).await?;
+        tracing::info!(agent = %reg.name, generation, "agent registered");
+        Ok(generation)
+    }
+
+    /// Any message from the agent renews its lease.
+    pub fn seen(&self, name: &str) {
+        if let Some(a) = self.lock().agents.get_mut(name) {
+            a.info.last_seen_unix_ms = now_ms();
+        }
+    }
+
+    pub async fn launched(&self, agent: &str, id: &str, pid: i32, at_ms: i64) {
+        let pending = {
+            let mut t = self.lock();
+            let mut fx = Effects::new();
+            if let Some(rec) = t.procs.get_mut(id) {
+                if rec.info.node == agent
+                    && matches!(rec.state(), ProcessState::Launching | ProcessState::Lost)
+                {
+                    rec.info.state = ProcessState::Started as i32;
+                    rec.info.pid = pid;
+                    rec.info.started_unix_ms = at_ms;
+                    fx.put(rec);
+                }
+            }
+            self.finish(t, fx)
+        };
+        let _ = pending.durable().await;
+    }
+
+    pub async fn launch_failed(&self, agent: &str, id: &str, error: &str) {
+        let pending = {
+            let mut t = self.lock();
+            let mut fx = Effects::new();
+            if let Some(rec) = t.procs.get_mut(id) {
+                if rec.info.node == agent && !is_final(rec.state()) {
+                    let program = rec.info.argv.first().cloned().unwrap_or_default();
+                    rec.info.state = ProcessState::Failed as i32;
+                    rec.info.start_error =
+                        format!("cannot start {program:?} on node {agent}: {error}");
+                    rec.info.stopped_unix_ms = now_ms();
+                    fx.put(rec);
+                    if let Some(a) = t.agents.get_mut(agent) {
+                        a.running.remove(id);
+                    }
+                    dispatch_queue(&mut t, &mut fx);
+                }
+            }
+            self.finish(t, fx)
+        };
+        let _ = pending.durable().await;
+    }
+
+    pub async fn exited(&self, agent: &str, generation: u64, ex: Exited) {
+        let pending = {
+            let mut t = self.lock();
+            let Some(session) = t
+                .agents
+                .get(agent)
+                .and_then(|a| a.session.clone())
+                .filter(|s| s.generation == generation)
+            else {
+                return;
+            };
+            let mut fx = Effects::new();
+            apply_exit(&mut t, agent, &session, ex, &mut fx);
+            dispatch_queue(&mut t, &mut fx);
+            self.finish(t, fx)
+        };
+        let _ = pending.durable().await;
+    }
+
+    /// The agent's stream ended. It stays `disconnected` (its processes keep
+    /// their state) until its lease runs out.
+    pub fn disconnected(self: &Arc<Self>, agent: &str, generation: u64) {
+        let mut t = self.lock();
+        let Some(a) = t.agents.get_mut(agent) else {
+            return;
+        };
+        if a.session.as_ref().map(|s| s.generation) != Some(generation) {
+            return;
+        }
+        a.session = None;
+        a.info.state = AgentState::Disconnected as i32;
+        let since = now_ms() - a.info.last_seen_unix_ms;
+        let remaining = self
+            .timings
+            .lease
+            .saturating_sub(Duration::from_millis(since.max(0) as u64));
+        let failed: Vec<u64> = t
+            .log_routes
+            .iter()
+            .filter(|(_, r)| r.node == agent)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in failed {
+            if let Some(route) = t.log_routes.remove(&k) {
+                let _ = route.tx.send(Err(Status::unavailable(format!(
+                    "node {agent} disconnected while sending output"
+                ))));
+            }
+        }
+        drop(t);
+        self.changed.send_modify(|g| *g = g.wrapping_add(1));
+        self.schedule_lease_check(agent.to_owned(), remaining);
+    }
+
+    /// After `delay`, an agent that is still not connected is lost.
+    pub fn schedule_lease_check(self: &Arc<Self>, agent: String, delay: Duration) {
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            core.lease_expired(&agent).await;
+        });
+    }
+
+    /// The agent is past its lease: it and its processes are `lost`.
+    pub async fn lease_expired(&self, agent: &str) {
+        let pending = {
+            let mut t = self.lock();
+            let Some(a) = t.agents.get_mut(agent) else {
+                return;
+            };
+            let silent = now_ms() - a.info.last_seen_unix_ms;
+            let connected_and_fresh =
+                a.session.is_some() && silent < self.timings.lease.as_millis() as i64;
+            if connected_and_fresh || a.info.state == AgentState::Lost as i32 {
+                return;
+            }
+            a.session = None;
+            a.info.state = AgentState::Lost as i32;
+            let mut fx = Effects::new();
+            fx.batch.ops.push(Op::Agent(a.info.clone()));
+            let ids: Vec<String> = a.running.drain().collect();
+            for id in ids {
+                if let Some(rec) = t.procs.get_mut(&id) {
+                    if is_active(rec.state()) {
+                        rec.info.state = ProcessState::Lost as i32;
+                        fx.put(rec);
+                    }
+                }
+            }
+            fx.changed = true;
+            tracing::warn!(agent, silent_ms = silent, "agent lost: silent past its lease");
+            self.finish(t, fx)
+        };
+        let _ = pending.durable().await;
+    }
+
+    pub fn handle_log_data(&self, data: LogData) {
+        self.log_data(data);
+    }
+
+    /// Agents known from the store get one lease from start-up to reconnect.
+    pub fn start_lease_clocks(self: &Arc<Self>) {
+        let names: Vec<String> = self.lock().agents.keys().cloned().collect();
+        for name in names {
+            self.schedule_lease_check(name, self.timings.lease);
+        }
+    }
+}
+
+fn is_final(state: ProcessState) -> bool {
+    matches!(state, ProcessState::Stopped | ProcessState::Failed)
+}
+
+fn launch_message(rec: &ProcRecord) -> Launch {
+    Launch {
+        process_id: rec.info.id.clone(),
+        name: rec.info.name.clone(),
+        command: rec.request.command.clone(),
+        log_limit_bytes: rec.request.log_limit_bytes,
+        start_method: StartMethod::Spawn as i32,
+    }
+}
+
+/// Places `id` on `node` and sends the launch once the row is durable.
+fn assign(t: &mut Table, id: &str, node: &str, fx: &mut Effects) {
+    let Some(agent) = t.agents.get_mut(node) else {
+        return;
+    };
+    let Some(session) = agent.session.clone() else {
+        return;
+    };
+    agent.running.insert(id.to_owned());
+    let rec = t.procs.get_mut(id).expect("caller inserted the process");
+    rec.info.node = node.to_owned();
+    rec.info.state = ProcessState::Launching as i32;
+    fx.put(rec);
+    fx.send(&session, ToAgent::Launch(launch_message(rec)));
+}
+
+/// Launches what the queue holds wherever it now fits, oldest first; entries
+/// that still do not fit keep their place.
+fn dispatch_queue(t: &mut Table, fx: &mut Effects) {
+    let queued: Vec<String> = t.queue.iter().cloned().collect();
+    let mut placed = HashSet::new();
+    for id in queued {
+        let Some(rec) = t.procs.get(&id) else {
+            placed.insert(id);
+            continue;
+        };
+        let placement = rec.request.placement.clone().unwrap_or_default();
+        if let Decision::Assign(node) = placement::decide(&t.agents, &placement) {
+            assign(t, &id, &node, fx);
+            placed.insert(id);
+        }
+    }
+    if !placed.is_empty() {
+        t.queue.retain(|id| !placed.contains(id));
+    }
+}
+
+/// Records an exit reported by `agent` and acknowledges it after commit.
+fn apply_exit(t: &mut Table, agent: &str, session: &Session, ex: Exited, fx: &mut Effects) {
+    let id = ex.process_id.clone();
+    match t.procs.get_mut(&id) {
+        Some(rec) if rec.info.node == agent && rec.state() != ProcessState::Stopped => {
+            rec.info.state = ProcessState::Stopped as i32;
+            rec.info.exitcode = Some(ex.exitcode);
+            if ex.pid != 0 {
+                rec.info.pid = ex.pid;
+            }
+            rec.info.stopped_unix_ms = if ex.at_unix_ms > 0 {
+                ex.at_unix_ms
+            } else {
+                now_ms()
+            };
+            fx.put(rec);
+        }
+        Some(_) => {}
+        None => tracing::warn!(agent, process = %id, "exit of an unknown process; acknowledged"),
+    }
+    if let Some(a) = t.agents.get_mut(agent) {
+        a.running.remove(&id);
+    }
+    fx.send(session, ToAgent::AckExit(AckExit { process_id: id }));
+}
+
+impl Core {
+    /// A receiver that sees every later change of the table.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}

@@ -1,0 +1,181 @@
+//! Binding, loading state, and serving: the coordinator as a running thing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpctl_proto::v1::{
+    agent_service_server::AgentServiceServer, process_manager_server::ProcessManagerServer,
+    AgentState, FILE_DESCRIPTOR_SET,
+};
+use mpctl_transport::{check_listen_addr, incoming, AuthKey, Role, Security, ServerAuth};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::agent_service::AgentSessions;
+use crate::core::{Core, Timings};
+use crate::process_service::ProcessService;
+use crate::store::Store;
+use crate::table::Table;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Transport(#[from] mpctl_transport::TransportError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("gRPC server on {addr} failed: {source}")]
+    Serve {
+        addr: SocketAddr,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("reflection service: {0}")]
+    Reflection(String),
+}
+
+pub struct CoordinatorConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub authkey: AuthKey,
+    pub security: Security,
+    pub timings: Timings,
+}
+
+/// A running coordinator. Dropping it without [`Coordinator::shutdown`]
+/// leaves the server task running until the runtime stops.
+pub struct Coordinator {
+    local_addr: SocketAddr,
+    core: Arc<Core>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl Coordinator {
+    /// Opens the state in `data_dir`, binds `listen`, and starts serving.
+    pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        check_listen_addr(config.listen, config.security)?;
+        let auth = ServerAuth::new(&config.authkey, config.security, &[Role::Client, Role::Agent])?;
+        let (store, loaded) = Store::open(&config.data_dir.join("coordinator.sqlite"))?;
+        let core = Core::new(Table::from_loaded(loaded), store, config.timings);
+        core.start_lease_clocks();
+
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<ProcessManagerServer<ProcessService>>()
+            .await;
+        health.set_serving::<AgentServiceServer<AgentSessions>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(ProcessManagerServer::new(ProcessService {
+                core: Arc::clone(&core),
+            }))
+            .add_service(AgentServiceServer::new(AgentSessions {
+                core: Arc::clone(&core),
+            }));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming(listener, auth), async {
+                    let _ = stopped.await;
+                })
+                .await
+                .map_err(|source| ServerError::Serve {
+                    addr: local_addr,
+                    source,
+                })
+        });
+        tracing::info!(%local_addr, "coordinator serving");
+        Ok(Coordinator {
+            local_addr,
+            core,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until an agent called `name` is registered and ready.
+    pub async fn wait_for_agent(&self, name: &str, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut changes = self.core.subscribe();
+        loop {
+            changes.borrow_and_update();
+            let ready = self
+                .core
+                .agents()
+                .iter()
+                .any(|a| a.name == name && a.state == AgentState::Ready as i32);
+            if ready {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Serves until `signal` resolves, then stops.
+    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+        tokio::select! {
+            _ = signal => {}
+            r = &mut self.task => {
+                return r.unwrap_or(Ok(()));
+            }
+        }
+        self.shutdown().await
+    }
+
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Ok(()),
+            Err(_) => {
+                self.task.abort();
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The mpctl coordinator.
+//!
+//! It owns the cluster's process table and talks to two kinds of peers over
+//! one authenticated listener ([`daemon`]):
+//! - clients call `ProcessManager` ([`process_service`]) to start, join, wait
+//!   on, signal and read the output of processes;
+//! - agents keep one `AgentService` stream each ([`agent_service`]) over which
+//!   they register, receive launches and signals, and report launches and exits.
+//!
+//! Both translate into operations on [`core::Core`], the state machine. It keeps
+//! the [`table`] in memory, decides where processes run ([`placement`]), and
+//! persists every change through the [`store`] (SQLite, one writer thread)
+//! before the agent messages that depend on it leave. Input from the wire is
+//! bounded in [`validate`].
+
+pub mod agent_service;
+pub mod core;
+pub mod daemon;
+pub mod placement;
+pub mod process_service;
+pub mod store;
+pub mod table;
+pub mod validate;
+
+pub use crate::core::Timings;
+pub use daemon::{Coordinator, CoordinatorConfig, ServerError};

@@ -1,0 +1,130 @@
+//! `ProcessManager`: the gRPC surface clients use. Thin: authenticate the
+//! role, translate, call [`Core`].
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use mpctl_proto::v1::{
+    process_manager_server::ProcessManager, GetRequest, JoinRequest, JoinResponse,
+    ListAgentsRequest, ListAgentsResponse, ListRequest, ListResponse, LogChunk, LogStream,
+    LogsRequest, ProcessInfo, SignalRequest, StartRequest, StartResponse, WaitMode, WaitRequest,
+    WaitResponse,
+};
+use mpctl_transport::{require_role, Role};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::core::Core;
+
+pub struct ProcessService {
+    pub core: Arc<Core>,
+}
+
+fn timeout(ms: Option<u64>) -> Option<Duration> {
+    ms.map(Duration::from_millis)
+}
+
+/// Output of one process on its way from the agent; dropping it (the client
+/// went away) stops the agent's reader.
+pub struct LogsStream {
+    rx: Option<(u64, mpsc::UnboundedReceiver<Result<LogChunk, Status>>)>,
+    core: Arc<Core>,
+}
+
+impl Stream for LogsStream {
+    type Item = Result<LogChunk, Status>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.rx {
+            Some((_, rx)) => rx.poll_recv(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
+
+impl Drop for LogsStream {
+    fn drop(&mut self) {
+        if let Some((id, _)) = self.rx.take() {
+            self.core.cancel_logs(id);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ProcessManager for ProcessService {
+    async fn start(&self, req: Request<StartRequest>) -> Result<Response<StartResponse>, Status> {
+        require_role(&req, Role::Client)?;
+        let process = self.core.start(req.into_inner()).await?;
+        Ok(Response::new(StartResponse {
+            process: Some(process),
+        }))
+    }
+
+    async fn get(&self, req: Request<GetRequest>) -> Result<Response<ProcessInfo>, Status> {
+        require_role(&req, Role::Client)?;
+        Ok(Response::new(self.core.get(&req.get_ref().id)?))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        require_role(&req, Role::Client)?;
+        let r = req.into_inner();
+        Ok(Response::new(ListResponse {
+            processes: self.core.list(r.all, &r.node),
+        }))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        require_role(&req, Role::Client)?;
+        let r = req.into_inner();
+        let (process, timed_out) = self.core.join(&r.id, timeout(r.timeout_ms)).await?;
+        Ok(Response::new(JoinResponse {
+            process: Some(process),
+            timed_out,
+        }))
+    }
+
+    async fn wait(&self, req: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
+        require_role(&req, Role::Client)?;
+        let r = req.into_inner();
+        let all = r.mode == WaitMode::All as i32;
+        let ready = self.core.wait(&r.ids, timeout(r.timeout_ms), all).await?;
+        Ok(Response::new(WaitResponse { ready }))
+    }
+
+    async fn terminate(&self, req: Request<SignalRequest>) -> Result<Response<ProcessInfo>, Status> {
+        require_role(&req, Role::Client)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.core.signal(&r.id, libc::SIGTERM, r.tree).await?))
+    }
+
+    async fn kill(&self, req: Request<SignalRequest>) -> Result<Response<ProcessInfo>, Status> {
+        require_role(&req, Role::Client)?;
+        let r = req.into_inner();
+        Ok(Response::new(self.core.signal(&r.id, libc::SIGKILL, r.tree).await?))
+    }
+
+    type LogsStream = LogsStream;
+
+    async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<LogsStream>, Status> {
+        require_role(&req, Role::Client)?;
+        let r = req.into_inner();
+        let stream = LogStream::try_from(r.stream).unwrap_or(LogStream::Both);
+        let rx = self.core.open_logs(&r.id, stream, r.follow)?;
+        Ok(Response::new(LogsStream {
+            rx,
+            core: Arc::clone(&self.core),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        req: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        require_role(&req, Role::Client)?;
+        Ok(Response::new(ListAgentsResponse {
+            agents: self.core.agents(),
+        }))
+    }
+}

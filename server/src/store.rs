@@ -1,0 +1,274 @@
+//! The process table on disk: one SQLite file (WAL, `synchronous=FULL`) owned
+//! by one writer thread.
+//!
+//! Writers submit a [`Batch`]: rows to upsert plus the agent messages that may
+//! only leave once those rows are durable (a `Launch` after its process row, an
+//! `AckExit` after the exit). The thread commits every batch waiting in its
+//! queue in one transaction (group commit), then sends their messages in
+//! submission order, then answers each submitter.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc as std_mpsc;
+
+use mpctl_proto::v1::{AgentInfo, CoordinatorMessage, ProcessInfo, StartRequest};
+use prost::Message;
+use rusqlite::{params, Connection};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: row {id} is corrupt: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        id: String,
+        reason: String,
+    },
+    #[error("state database writer has stopped")]
+    WriterGone,
+}
+
+/// One row change.
+pub enum Op {
+    Process(Box<(ProcessInfo, StartRequest)>),
+    Agent(AgentInfo),
+    NextNumber(u64),
+}
+
+/// A message to an agent session, sent after the batch is durable.
+pub type Outbound = (mpsc::UnboundedSender<CoordinatorMessage>, CoordinatorMessage);
+
+#[derive(Default)]
+pub struct Batch {
+    pub ops: Vec<Op>,
+    pub after_commit: Vec<Outbound>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.after_commit.is_empty()
+    }
+}
+
+struct Job {
+    batch: Batch,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Everything read back at start-up.
+pub struct Loaded {
+    pub processes: Vec<(ProcessInfo, StartRequest)>,
+    pub agents: Vec<AgentInfo>,
+    pub next_number: u64,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    tx: std_mpsc::Sender<Job>,
+}
+
+/// A submitted batch; await it to know it is durable.
+pub struct Pending(oneshot::Receiver<Result<(), String>>);
+
+impl Pending {
+    pub async fn durable(self) -> Result<(), StoreError> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => {
+                tracing::error!(%reason, "state write failed");
+                Err(StoreError::WriterGone)
+            }
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS processes (
+    id TEXT PRIMARY KEY,
+    request_id TEXT,
+    state INTEGER NOT NULL,
+    node TEXT NOT NULL,
+    info BLOB NOT NULL,
+    request BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS processes_state ON processes(state);
+CREATE TABLE IF NOT EXISTS agents (
+    name TEXT PRIMARY KEY,
+    info BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+";
+
+impl Store {
+    /// Opens (or creates) `path`, reads everything back, and starts the writer.
+    pub fn open(path: &Path) -> Result<(Store, Loaded), StoreError> {
+        let err = |source| StoreError::Sqlite {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        let loaded = load(&conn, path)?;
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let thread_path = path.to_owned();
+        std::thread::Builder::new()
+            .name("mpctl-store".into())
+            .spawn(move || writer(conn, rx, thread_path))
+            .map_err(|e| StoreError::Sqlite {
+                path: path.to_owned(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok((Store { tx }, loaded))
+    }
+
+    /// Queues a batch. Call while holding the table lock so batches keep the
+    /// order of the state changes they record.
+    pub fn submit(&self, batch: Batch) -> Pending {
+        let (done, rx) = oneshot::channel();
+        if batch.is_empty() {
+            let _ = done.send(Ok(()));
+        } else if let Err(std_mpsc::SendError(job)) = self.tx.send(Job { batch, done }) {
+            let _ = job.done.send(Err("writer thread stopped".into()));
+        }
+        Pending(rx)
+    }
+}
+
+fn load(conn: &Connection, path: &Path) -> Result<Loaded, StoreError> {
+    let err = |source| StoreError::Sqlite {
+        path: path.to_owned(),
+        source,
+    };
+    let corrupt = |id: &str, e: prost::DecodeError| StoreError::Corrupt {
+        path: path.to_owned(),
+        id: id.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut processes = Vec::new();
+    let mut stmt = conn
+        .prepare("SELECT id, info, request FROM processes ORDER BY rowid")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .map_err(err)?;
+    for row in rows {
+        let (id, info, request) = row.map_err(err)?;
+        let info = ProcessInfo::decode(info.as_slice()).map_err(|e| corrupt(&id, e))?;
+        let request = StartRequest::decode(request.as_slice()).map_err(|e| corrupt(&id, e))?;
+        processes.push((info, request));
+    }
+    let mut agents = Vec::new();
+    let mut stmt = conn
+        .prepare("SELECT name, info FROM agents ORDER BY name")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .map_err(err)?;
+    for row in rows {
+        let (name, info) = row.map_err(err)?;
+        agents.push(AgentInfo::decode(info.as_slice()).map_err(|e| corrupt(&name, e))?);
+    }
+    let next_number: i64 = conn
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'next_number'",
+            [],
+            |r| r.get(0),
+        )
+        .or_else(|e| match e {
+            rusqlite::Error::QueryReturnedNoRows => Ok(1),
+            e => Err(e),
+        })
+        .map_err(err)?;
+    Ok(Loaded {
+        processes,
+        agents,
+        next_number: next_number.max(1) as u64,
+    })
+}
+
+fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Job>, path: PathBuf) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            jobs.push(more);
+        }
+        let result = commit(&mut conn, &jobs).map_err(|e| format!("{}: {e}", path.display()));
+        for job in jobs {
+            if result.is_ok() {
+                for (tx, msg) in job.batch.after_commit {
+                    // A closed session is fine: the agent re-registers and is
+                    // reconciled from the table.
+                    let _ = tx.send(msg);
+                }
+            }
+            let _ = job.done.send(result.clone());
+        }
+    }
+}
+
+fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    {
+        let mut put_process = tx.prepare_cached(
+            "INSERT OR REPLACE INTO processes (id, request_id, state, node, info, request)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut put_agent =
+            tx.prepare_cached("INSERT OR REPLACE INTO agents (name, info) VALUES (?1, ?2)")?;
+        let mut put_meta =
+            tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+        // Later rows for the same key win; write each key once.
+        let mut last_process: HashMap<&str, &(ProcessInfo, StartRequest)> = HashMap::new();
+        let mut order = Vec::new();
+        for job in jobs {
+            for op in &job.batch.ops {
+                match op {
+                    Op::Process(p) => {
+                        if last_process.insert(p.0.id.as_str(), p).is_none() {
+                            order.push(p.0.id.as_str());
+                        }
+                    }
+                    Op::Agent(a) => {
+                        put_agent.execute(params![a.name, a.encode_to_vec()])?;
+                    }
+                    Op::NextNumber(n) => {
+                        put_meta.execute(params!["next_number", *n as i64])?;
+                    }
+                }
+            }
+        }
+        for id in order {
+            let (info, request) = last_process[id];
+            let request_id = (!info.request_id.is_empty()).then_some(info.request_id.as_str());
+            put_process.execute(params![
+                info.id,
+                request_id,
+                info.state,
+                info.node,
+                info.encode_to_vec(),
+                request.encode_to_vec()
+            ])?;
+        }
+    }
+    tx.commit()
+}

@@ -1,0 +1,125 @@
+//! Roles, per-role keys (HKDF-SHA256 from the authkey) and the security mode.
+//!
+//! The authkey is never used directly on the wire. Each role gets its own
+//! 32-byte key: `HKDF-SHA256(salt = "mpctl authkey v1", ikm = authkey,
+//! info = "mpctl role client" | "mpctl role agent")`, so a proof made for one
+//! role never verifies for the other.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use hkdf::Hkdf;
+use sha2::Sha256;
+
+use crate::error::TransportError;
+
+/// HKDF salt for role keys.
+pub const HKDF_SALT: &[u8] = b"mpctl authkey v1";
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// A user-facing client (CLI, library) talking to the coordinator.
+    Client,
+    /// An agent daemon talking to the coordinator.
+    Agent,
+}
+
+impl Role {
+    /// Every role, in wire order.
+    pub const ALL: [Role; 2] = [Role::Client, Role::Agent];
+
+    /// The byte that identifies the role in the handshake.
+    pub fn wire_byte(self) -> u8 {
+        match self {
+            Role::Client => 1,
+            Role::Agent => 2,
+        }
+    }
+
+    /// Inverse of [`Role::wire_byte`]; `None` for an unknown byte.
+    pub fn from_wire_byte(b: u8) -> Option<Role> {
+        match b {
+            1 => Some(Role::Client),
+            2 => Some(Role::Agent),
+            _ => None,
+        }
+    }
+
+    fn hkdf_info(self) -> &'static [u8] {
+        match self {
+            Role::Client => b"mpctl role client",
+            Role::Agent => b"mpctl role agent",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Client => "client",
+            Role::Agent => "agent",
+        })
+    }
+}
+
+/// A 32-byte key for one role, derived from the authkey. `Debug` is redacted.
+#[derive(Clone)]
+pub struct RoleKey([u8; 32]);
+
+impl RoleKey {
+    pub(crate) fn derive(authkey: &[u8; 32], role: Role) -> RoleKey {
+        let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), authkey);
+        let mut okm = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's 255 * 32 limit: cannot fail.
+        hk.expand(role.hkdf_info(), &mut okm)
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        RoleKey(okm)
+    }
+
+    /// The raw key bytes (for the HMAC; never log them).
+    pub(crate) fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// Constant-time equality (for tests and diagnostics that must not leak).
+    pub fn ct_eq(&self, other: &RoleKey) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.ct_eq(&other.0).into()
+    }
+}
+
+impl fmt::Debug for RoleKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RoleKey(<redacted>)")
+    }
+}
+
+/// How a connection is protected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Security {
+    /// TLS 1.3 with an ephemeral server certificate, then the HMAC handshake
+    /// bound to the TLS session. The default for everything.
+    Tls,
+    /// Plain TCP, then the HMAC handshake with a fixed binding value. Only
+    /// allowed when both ends are loopback, and only when asked for explicitly.
+    PlaintextLoopback,
+}
+
+/// Checks that `addr` may be used (as a listen address, or as the resolved
+/// address of a server to connect to) with `security`: with
+/// [`Security::PlaintextLoopback`] it must be a loopback address.
+pub fn check_listen_addr(addr: SocketAddr, security: Security) -> Result<(), TransportError> {
+    match security {
+        Security::Tls => Ok(()),
+        Security::PlaintextLoopback if addr.ip().is_loopback() => Ok(()),
+        Security::PlaintextLoopback => Err(TransportError::PlaintextNotLoopback {
+            addr: addr.to_string(),
+        }),
+    }
+}
+
+/// Same rule as [`check_listen_addr`], for the address a client connects to.
+pub fn check_connect_addr(addr: SocketAddr, security: Security) -> Result<(), TransportError> {
+    check_listen_addr(addr, security)
+}

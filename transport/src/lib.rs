@@ -1,0 +1,30 @@
+//! The authenticated transport every mpctl connection uses
+//! (coordinator <-> agent, client <-> coordinator).
+//!
+//! One 32-byte authkey ([`AuthKey`], loaded from a 0600 file) is the root of
+//! trust and never leaves the process. Per-role keys are derived from it with
+//! HKDF ([`keys`]). Each connection runs TLS 1.3 with an ephemeral
+//! certificate ([`tls`]), then a mutual HMAC challenge-response bound to that
+//! TLS session ([`handshake`], which documents the wire format). The server
+//! side ([`server`]) turns a listener into a stream of authenticated
+//! connections for tonic, tagging each request with a [`PeerIdentity`]; the
+//! client side ([`client`]) returns a tonic `Channel`. Errors ([`error`]) say
+//! what failed and what to do, and never contain key material.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod authkey;
+pub mod client;
+pub mod error;
+pub mod handshake;
+mod io;
+pub mod keys;
+pub mod server;
+pub mod tls;
+
+pub use authkey::AuthKey;
+pub use client::connect;
+pub use error::TransportError;
+pub use keys::{check_connect_addr, check_listen_addr, Role, RoleKey, Security};
+pub use server::{incoming, require_role, AuthenticatedStream, PeerIdentity, ServerAuth};
