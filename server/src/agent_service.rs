@@ -36,7 +36,9 @@ impl AgentService for AgentSessions {
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(REGISTER_TIMEOUT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no Register within 10 s of opening the session"))??;
+            .map_err(|_| {
+                Status::deadline_exceeded("no Register within 10 s of opening the session")
+            })??;
         let Some(AgentMessage {
             msg: Some(Msg::Register(reg)),
         }) = first
@@ -63,7 +65,8 @@ impl AgentService for AgentSessions {
                         break;
                     }
                     Ok(Err(status)) => {
-                        tracing::warn!(agent = %name, %status, "agent session broke");
+                        // An agent that stops or loses its network ends here.
+                        tracing::info!(agent = %name, reason = %status.message(), "agent session ended");
                         break;
                     }
                     Err(_) => {
@@ -74,7 +77,9 @@ impl AgentService for AgentSessions {
             }
             core.disconnected(&name, generation);
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(rx).map(Ok))))
+        Ok(Response::new(Box::pin(
+            UnboundedReceiverStream::new(rx).map(Ok),
+        )))
     }
 }
 
@@ -84,7 +89,10 @@ async fn handle(core: &Arc<Core>, agent: &str, generation: u64, msg: AgentMessag
         Some(Msg::Register(_)) => {
             tracing::warn!(agent, "ignoring a second Register on one session")
         }
-        Some(Msg::Launched(l)) => core.launched(agent, &l.process_id, l.pid, l.at_unix_ms).await,
+        Some(Msg::Launched(l)) => {
+            core.launched(agent, &l.process_id, l.pid, l.at_unix_ms)
+                .await
+        }
         Some(Msg::LaunchFailed(f)) => core.launch_failed(agent, &f.process_id, &f.error).await,
         Some(Msg::Exited(e)) => core.exited(agent, generation, e).await,
         Some(Msg::LogData(d)) => core.handle_log_data(d),

@@ -217,18 +217,15 @@ impl Core {
             let placement = req.placement.clone().unwrap_or_default();
             let decision = placement::decide(&t.agents, &placement);
             if let Decision::NoMatch(why) = decision {
-                return Err(Status::failed_precondition(format!("cannot place process: {why}")));
+                return Err(Status::failed_precondition(format!(
+                    "cannot place process: {why}"
+                )));
             }
             if !req.request_id.is_empty() {
                 t.by_request.insert(req.request_id.clone(), id.clone());
             }
-            t.procs.insert(
-                id.clone(),
-                ProcRecord {
-                    info,
-                    request: req,
-                },
-            );
+            t.procs
+                .insert(id.clone(), ProcRecord { info, request: req });
             match decision {
                 Decision::Assign(node) => assign(t, &id, &node, &mut fx),
                 _ => {
@@ -308,7 +305,9 @@ impl Core {
         all: bool,
     ) -> Result<Vec<ProcessInfo>, Status> {
         if ids.is_empty() {
-            return Err(Status::invalid_argument("wait needs at least one process id"));
+            return Err(Status::invalid_argument(
+                "wait needs at least one process id",
+            ));
         }
         if ids.len() > validate::MAX_WAIT_IDS {
             return Err(Status::invalid_argument(format!(
@@ -331,7 +330,11 @@ impl Core {
         let found = self
             .wait_until(deadline, |t| {
                 let r = ready(t);
-                let done = if all { r.len() == ids.len() } else { !r.is_empty() };
+                let done = if all {
+                    r.len() == ids.len()
+                } else {
+                    !r.is_empty()
+                };
                 done.then_some(r)
             })
             .await;
@@ -445,7 +448,9 @@ impl Core {
         if let Some(route) = t.log_routes.remove(&request_id) {
             if let Some(session) = t.agents.get(&route.node).and_then(|a| a.session.as_ref()) {
                 let _ = session.tx.send(CoordinatorMessage {
-                    msg: Some(ToAgent::CancelLogs(mpctl_proto::v1::CancelLogs { request_id })),
+                    msg: Some(ToAgent::CancelLogs(mpctl_proto::v1::CancelLogs {
+                        request_id,
+                    })),
                 });
             }
         }
@@ -711,7 +716,11 @@ impl Core {
                 }
             }
             fx.changed = true;
-            tracing::warn!(agent, silent_ms = silent, "agent lost: silent past its lease");
+            tracing::warn!(
+                agent,
+                silent_ms = silent,
+                "agent lost: silent past its lease"
+            );
             self.finish(t, fx)
         };
         let _ = pending.durable().await;

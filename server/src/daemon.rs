@@ -72,7 +72,11 @@ impl Coordinator {
             source,
         })?;
         check_listen_addr(config.listen, config.security)?;
-        let auth = ServerAuth::new(&config.authkey, config.security, &[Role::Client, Role::Agent])?;
+        let auth = ServerAuth::new(
+            &config.authkey,
+            config.security,
+            &[Role::Client, Role::Agent],
+        )?;
         let (store, loaded) = Store::open(&config.data_dir.join("coordinator.sqlite"))?;
         let core = Core::new(Table::from_loaded(loaded), store, config.timings);
         core.start_lease_clocks();
@@ -92,7 +96,9 @@ impl Coordinator {
         health
             .set_serving::<ProcessManagerServer<ProcessService>>()
             .await;
-        health.set_serving::<AgentServiceServer<AgentSessions>>().await;
+        health
+            .set_serving::<AgentServiceServer<AgentSessions>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -148,14 +154,20 @@ impl Coordinator {
             if ready {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 return false;
             }
         }
     }
 
     /// Serves until `signal` resolves, then stops.
-    pub async fn run_until(mut self, signal: impl std::future::Future<Output = ()>) -> Result<(), ServerError> {
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> Result<(), ServerError> {
         tokio::select! {
             _ = signal => {}
             r = &mut self.task => {

@@ -93,16 +93,23 @@ impl ProcessManager for ProcessService {
         Ok(Response::new(WaitResponse { ready }))
     }
 
-    async fn terminate(&self, req: Request<SignalRequest>) -> Result<Response<ProcessInfo>, Status> {
+    async fn terminate(
+        &self,
+        req: Request<SignalRequest>,
+    ) -> Result<Response<ProcessInfo>, Status> {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
-        Ok(Response::new(self.core.signal(&r.id, libc::SIGTERM, r.tree).await?))
+        Ok(Response::new(
+            self.core.signal(&r.id, libc::SIGTERM, r.tree).await?,
+        ))
     }
 
     async fn kill(&self, req: Request<SignalRequest>) -> Result<Response<ProcessInfo>, Status> {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
-        Ok(Response::new(self.core.signal(&r.id, libc::SIGKILL, r.tree).await?))
+        Ok(Response::new(
+            self.core.signal(&r.id, libc::SIGKILL, r.tree).await?,
+        ))
     }
 
     type LogsStream = LogsStream;

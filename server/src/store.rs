@@ -42,7 +42,10 @@ pub enum Op {
 }
 
 /// A message to an agent session, sent after the batch is durable.
-pub type Outbound = (mpsc::UnboundedSender<CoordinatorMessage>, CoordinatorMessage);
+pub type Outbound = (
+    mpsc::UnboundedSender<CoordinatorMessage>,
+    CoordinatorMessage,
+);
 
 #[derive(Default)]
 pub struct Batch {
@@ -117,8 +120,10 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
@@ -182,7 +187,9 @@ fn load(conn: &Connection, path: &Path) -> Result<Loaded, StoreError> {
         .prepare("SELECT name, info FROM agents ORDER BY name")
         .map_err(err)?;
     let rows = stmt
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })
         .map_err(err)?;
     for row in rows {
         let (name, info) = row.map_err(err)?;

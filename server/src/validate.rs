@@ -41,7 +41,8 @@ pub fn start_request(req: &StartRequest) -> Result<(), Status> {
     };
     if cmd.argv.is_empty() || cmd.argv[0].is_empty() {
         return Err(bad(
-            "the command is empty: give the program and its arguments, e.g. `mpctl run -- echo hi`".into(),
+            "the command is empty: give the program and its arguments, e.g. `mpctl run -- echo hi`"
+                .into(),
         ));
     }
     if cmd.argv.len() > MAX_ARGV || cmd.env.len() > MAX_ENV {
@@ -52,7 +53,11 @@ pub fn start_request(req: &StartRequest) -> Result<(), Status> {
         )));
     }
     let bytes: usize = cmd.argv.iter().map(String::len).sum::<usize>()
-        + cmd.env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + cmd
+            .env
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
         + cmd.cwd.len();
     if bytes > MAX_COMMAND_BYTES {
         return Err(bad(format!(
@@ -82,9 +87,7 @@ pub fn start_request(req: &StartRequest) -> Result<(), Status> {
 
 pub fn register(reg: &Register) -> Result<(), Status> {
     if reg.name.is_empty() || reg.name.len() > MAX_NAME {
-        return Err(bad(format!(
-            "agent name must be 1 to {MAX_NAME} bytes"
-        )));
+        return Err(bad(format!("agent name must be 1 to {MAX_NAME} bytes")));
     }
     if reg.slots == 0 || reg.slots > MAX_SLOTS {
         return Err(bad(format!(
@@ -93,7 +96,10 @@ pub fn register(reg: &Register) -> Result<(), Status> {
         )));
     }
     if reg.labels.len() > MAX_LABELS {
-        return Err(bad(format!("agent {}: at most {MAX_LABELS} labels", reg.name)));
+        return Err(bad(format!(
+            "agent {}: at most {MAX_LABELS} labels",
+            reg.name
+        )));
     }
     Ok(())
 }

@@ -1,0 +1,179 @@
+//! The agent daemon's main loop: attach to (or start) the node's launcher,
+//! then keep a session with the coordinator, reconnecting with backoff.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, RwLock};
+
+use crate::config::AgentConfig;
+use crate::launcher::{LauncherClient, LauncherError, LauncherEvent};
+use crate::session::{self, Ctx};
+use crate::state::NodeState;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start or reach the node's launcher: {0}")]
+    Launcher(#[from] LauncherError),
+    #[error("cannot connect to the coordinator at {server}: {source}")]
+    Connect {
+        server: String,
+        #[source]
+        source: mpctl_transport::TransportError,
+    },
+    #[error("session with the coordinator at {server} ended: {status}")]
+    Session {
+        server: String,
+        status: tonic::Status,
+    },
+}
+
+impl AgentError {
+    /// Retrying cannot help: the coordinator refused our credentials.
+    fn is_fatal(&self) -> bool {
+        match self {
+            AgentError::Connect { source, .. } => matches!(
+                source,
+                mpctl_transport::TransportError::Rejected { .. }
+                    | mpctl_transport::TransportError::ServerNotAuthenticated { .. }
+                    | mpctl_transport::TransportError::RoleRefused { .. }
+            ),
+            AgentError::Session { status, .. } => {
+                matches!(
+                    status.code(),
+                    tonic::Code::PermissionDenied
+                        | tonic::Code::Unauthenticated
+                        | tonic::Code::InvalidArgument
+                )
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The current launcher connection; replaced when the launcher restarts.
+#[derive(Clone)]
+pub struct Launcher {
+    inner: Arc<RwLock<LauncherClient>>,
+}
+
+impl Launcher {
+    pub async fn get(&self) -> LauncherClient {
+        self.inner.read().await.clone()
+    }
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Runs the agent until `shutdown` resolves. Managed processes keep running
+/// under the launcher after the agent stops.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
+    let config = Arc::new(config);
+    let launcher_dir = config.data_dir.join("launcher");
+    let procs_dir = config.data_dir.join("procs");
+    for dir in [&config.data_dir, &procs_dir] {
+        std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let (client, hello, events) =
+        LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
+    let state = Arc::new(NodeState::new());
+    state.adopt(&hello);
+    let launcher = Launcher {
+        inner: Arc::new(RwLock::new(client)),
+    };
+    let watcher = tokio::spawn(watch_launcher(
+        events,
+        Arc::clone(&state),
+        launcher.clone(),
+        launcher_dir,
+        config.launcher_cmd.clone(),
+    ));
+    let ctx = Ctx {
+        config: Arc::clone(&config),
+        state,
+        launcher,
+        procs_dir,
+    };
+    tokio::pin!(shutdown);
+    let mut backoff = BACKOFF_MIN;
+    let result = loop {
+        let began = Instant::now();
+        let outcome = tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            r = session::run(&ctx) => r,
+        };
+        match outcome {
+            Ok(()) => {
+                tracing::info!(server = %config.server, "coordinator closed the session; reconnecting")
+            }
+            Err(e) if e.is_fatal() => break Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "no session with the coordinator")
+            }
+        }
+        if began.elapsed() > Duration::from_secs(5) {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    };
+    watcher.abort();
+    result
+}
+
+/// Forwards the launcher's exits; if the launcher goes away, starts or
+/// reaches a new one and adopts what it knows.
+async fn watch_launcher(
+    mut events: mpsc::UnboundedReceiver<LauncherEvent>,
+    state: Arc<NodeState>,
+    launcher: Launcher,
+    dir: PathBuf,
+    cmd: Vec<OsString>,
+) {
+    loop {
+        while let Some(event) = events.recv().await {
+            match event {
+                LauncherEvent::Exited(e) => state.exited(e),
+                LauncherEvent::Disconnected(reason) => {
+                    tracing::error!(%reason, "lost the connection to the node's launcher; reattaching");
+                    break;
+                }
+            }
+        }
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match LauncherClient::connect_or_start(&dir, &cmd).await {
+                Ok((client, hello, new_events)) => {
+                    *launcher.inner.write().await = client;
+                    state.adopt(&hello);
+                    events = new_events;
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, retry_in = ?backoff, "cannot reach the node's launcher");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}

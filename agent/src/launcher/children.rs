@@ -1,0 +1,126 @@
+//! Starting one managed process and decoding its wait status.
+//!
+//! `std::process::Command` does the spawn. The child gets an empty signal
+//! mask and default dispositions for every signal (see
+//! [`sys::clean_signals_on_spawn`]: std alone leaves the launcher's blocked
+//! signals blocked in the child), a cleared and then
+//! exactly specified environment, stdin on `/dev/null`, stdout and stderr on
+//! pipes, and its own process group (so a `tree` signal reaches its
+//! descendants). Every descriptor of the launcher is close-on-exec.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use super::output::{create_log_file, OutPipe};
+use super::protocol::LaunchSpec;
+use super::{log, sys};
+
+/// A freshly started child.
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: i32,
+    /// `None` only if `pidfd_open` failed (then signals fall back to kill(2),
+    /// still safe because the pid cannot be reused before we reap it).
+    pub pidfd: Option<OwnedFd>,
+    pub stdout: OutPipe,
+    pub stderr: OutPipe,
+}
+
+/// Starts the process described by `spec`. The error is the OS reason
+/// (the `io::Error` display), suitable for `LaunchFailed`.
+pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
+    let (program, args) = spec
+        .argv
+        .split_first()
+        .ok_or_else(|| "empty argv".to_owned())?;
+    let out_file = create_log_file(&spec.stdout_path)
+        .map_err(|e| format!("stdout file {}: {e}", spec.stdout_path.display()))?;
+    let err_file = create_log_file(&spec.stderr_path)
+        .map_err(|e| format!("stderr file {}: {e}", spec.stderr_path.display()))?;
+
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    if let Some(cwd) = &spec.cwd {
+        cmd.current_dir(cwd);
+    }
+    sys::clean_signals_on_spawn(&mut cmd);
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    // The pid stays ours until we reap it with waitpid; `child` is dropped
+    // without waiting (dropping a std Child neither kills nor reaps).
+    let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+    let pidfd = match sys::pidfd_open(pid) {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log(format_args!("pidfd_open({pid}) for {}: {e}", spec.id));
+            None
+        }
+    };
+    let pipes = match (child.stdout.take(), child.stderr.take()) {
+        (Some(out), Some(err)) => OutPipe::new(
+            out.into(),
+            out_file,
+            &spec.stdout_path,
+            spec.log_limit_bytes,
+        )
+        .and_then(|o| {
+            OutPipe::new(
+                err.into(),
+                err_file,
+                &spec.stderr_path,
+                spec.log_limit_bytes,
+            )
+            .map(|e| (o, e))
+        })
+        .map_err(|e| format!("output pipes: {e}")),
+        // Cannot happen with Stdio::piped(); stay robust anyway.
+        _ => Err("spawned without output pipes".to_owned()),
+    };
+    let (stdout, stderr) = match pipes {
+        Ok(p) => p,
+        Err(e) => {
+            // Never leave a process running that nobody tracks; it is reaped
+            // later as an unknown pid.
+            let _ = sys::kill(pid, libc::SIGKILL);
+            return Err(e);
+        }
+    };
+    Ok(Spawned {
+        pid,
+        pidfd,
+        stdout,
+        stderr,
+    })
+}
+
+/// CPython's `waitstatus_to_exitcode`: the exit status, or `-N` for a
+/// death by signal `N`. `None` for stop/continue notifications.
+pub fn exitcode(status: i32) -> Option<i32> {
+    if libc::WIFEXITED(status) {
+        Some(libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        Some(-libc::WTERMSIG(status))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exitcode;
+
+    #[test]
+    fn exitcodes_follow_cpython() {
+        assert_eq!(exitcode(3 << 8), Some(3));
+        assert_eq!(exitcode(0), Some(0));
+        assert_eq!(exitcode(9), Some(-9));
+        assert_eq!(exitcode(15 | 0x80), Some(-15)); // core dumped
+        assert_eq!(exitcode(0x137f), None); // stopped by SIGSTOP
+    }
+}

@@ -1,0 +1,444 @@
+//! The launcher process: one thread, one `poll` loop over the listening
+//! socket, the current agent connection, a signalfd and every child's
+//! output pipes.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signalfd::SignalFd;
+
+use super::children::{self, exitcode};
+use super::conn::Conn;
+use super::error::LauncherError;
+use super::journal::Journal;
+use super::output::{OutPipe, PipeState};
+use super::protocol::{
+    ExitRecord, FromLauncher, Hello, LaunchSpec, Launched, RunningRecord, ToLauncher,
+};
+use super::setup::{self, SOCKET_FILE};
+use super::{log, sys};
+
+/// How long a freshly started launcher waits for its first agent before it
+/// exits for lack of anything to do.
+const FIRST_CONNECTION_GRACE: Duration = Duration::from_secs(30);
+/// Bytes read from one pipe per wake-up, for fairness between children.
+const PUMP_SLICE: usize = 256 * 1024;
+/// Bytes drained from a dead child's pipes before its exit is reported: far
+/// more than a pipe buffer holds, so everything the child wrote is in.
+const FINAL_DRAIN: usize = 16 << 20;
+
+/// Runs the launcher serving `dir` until it is idle: no agent connection,
+/// no running child, no open output pipe. Returns at once (after printing
+/// "ready") when another launcher already serves `dir`.
+pub fn run(dir: &Path) -> Result<(), LauncherError> {
+    let Some(_lock) = setup::lock_dir(dir)? else {
+        return setup::announce_ready();
+    };
+    let sigfd = setup::signals()?;
+    let (journal, skipped) = Journal::open(dir)?;
+    let listener = setup::listen(dir)?;
+    setup::ready_and_detach(dir)?;
+    log(format_args!(
+        "launcher {} serving {}",
+        std::process::id(),
+        dir.display()
+    ));
+    for line in skipped {
+        log(format_args!("journal: {line}"));
+    }
+    let mut server = Server {
+        socket_path: dir.join(SOCKET_FILE),
+        listener,
+        sigfd,
+        journal,
+        conn: None,
+        seen_agent: false,
+        started: Instant::now(),
+        running: BTreeMap::new(),
+        by_pid: HashMap::new(),
+        pipes: HashMap::new(),
+        next_pipe: 0,
+        stop: false,
+    };
+    let result = server.serve();
+    if let Err(e) = fs::remove_file(&server.socket_path) {
+        log(format_args!("removing socket: {e}"));
+    }
+    log(format_args!("launcher {} exiting", std::process::id()));
+    result
+}
+
+/// A managed process that has not been reaped yet.
+#[derive(Debug)]
+struct Running {
+    pid: i32,
+    pidfd: Option<OwnedFd>,
+    started_ms: i64,
+    pipes: [u64; 2],
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Token {
+    Listener,
+    Signals,
+    Conn,
+    Pipe(u64),
+}
+
+struct Server {
+    socket_path: PathBuf,
+    listener: UnixListener,
+    sigfd: SignalFd,
+    journal: Journal,
+    conn: Option<Conn>,
+    seen_agent: bool,
+    started: Instant,
+    running: BTreeMap<String, Running>,
+    by_pid: HashMap<i32, String>,
+    /// Output pipes of running and exited children, until EOF.
+    pipes: HashMap<u64, OutPipe>,
+    next_pipe: u64,
+    stop: bool,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Server {
+    fn serve(&mut self) -> Result<(), LauncherError> {
+        while !self.stop && !self.idle() {
+            let mut ready = self.wait()?;
+            // Output before exits (so files are complete when an exit is
+            // reported), and the current connection before a new one (so
+            // nothing the old agent sent is lost when it is replaced).
+            ready.sort_by_key(|(token, _)| match token {
+                Token::Pipe(_) => 0,
+                Token::Signals => 1,
+                Token::Conn => 2,
+                Token::Listener => 3,
+            });
+            for (token, revents) in ready {
+                match token {
+                    Token::Pipe(key) => self.pump(key, PUMP_SLICE),
+                    Token::Signals => self.on_signals(),
+                    Token::Conn => self.on_conn(revents),
+                    Token::Listener => self.accept(),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing left to serve (and the first agent had its chance to come).
+    fn idle(&self) -> bool {
+        self.conn.is_none()
+            && self.running.is_empty()
+            && self.pipes.is_empty()
+            && (self.seen_agent || self.started.elapsed() >= FIRST_CONNECTION_GRACE)
+    }
+
+    /// Polls every descriptor; returns the ready ones.
+    fn wait(&self) -> Result<Vec<(Token, PollFlags)>, LauncherError> {
+        let mut tokens: Vec<Token> = Vec::new();
+        let mut fds = Vec::new();
+        fds.push(PollFd::new(self.listener.as_fd(), PollFlags::POLLIN));
+        tokens.push(Token::Listener);
+        fds.push(PollFd::new(self.sigfd.as_fd(), PollFlags::POLLIN));
+        tokens.push(Token::Signals);
+        if let Some(conn) = &self.conn {
+            let mut ev = PollFlags::POLLIN;
+            if conn.wants_write() {
+                ev |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(conn.fd(), ev));
+            tokens.push(Token::Conn);
+        }
+        for (key, pipe) in &self.pipes {
+            fds.push(PollFd::new(pipe.fd(), PollFlags::POLLIN));
+            tokens.push(Token::Pipe(*key));
+        }
+        let timeout = if self.seen_agent {
+            PollTimeout::NONE
+        } else {
+            let left = FIRST_CONNECTION_GRACE.saturating_sub(self.started.elapsed());
+            // Round up so the loop does not spin on the last millisecond.
+            PollTimeout::try_from(left + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => return Ok(Vec::new()),
+            Err(e) => return Err(LauncherError::setup("poll", e)),
+        }
+        Ok(tokens
+            .into_iter()
+            .zip(fds.iter())
+            .filter_map(|(t, fd)| fd.revents().filter(|r| !r.is_empty()).map(|r| (t, r)))
+            .collect())
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if self.conn.is_some() {
+                        // Handle what the old one already sent, then drop it.
+                        self.on_conn(PollFlags::POLLIN);
+                        log(format_args!("new agent connection replaces the old one"));
+                        self.conn = None;
+                    }
+                    match Conn::new(stream) {
+                        Ok(conn) => {
+                            self.conn = Some(conn);
+                            self.seen_agent = true;
+                            let hello = self.hello();
+                            self.send(&FromLauncher::Hello(hello));
+                        }
+                        Err(e) => log(format_args!("setting up agent connection: {e}")),
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log(format_args!("accept: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn hello(&self) -> Hello {
+        Hello {
+            running: self
+                .running
+                .iter()
+                .map(|(id, r)| RunningRecord {
+                    id: id.clone(),
+                    pid: r.pid,
+                })
+                .collect(),
+            exited: self.journal.all_unacked(),
+        }
+    }
+
+    /// Sends to the agent if one is connected; a failed send drops it.
+    fn send(&mut self, msg: &FromLauncher) {
+        if let Some(conn) = &mut self.conn {
+            if let Err(e) = conn.send(msg) {
+                log(format_args!("agent connection closed: {e}"));
+                self.conn = None;
+            }
+        }
+    }
+
+    fn on_conn(&mut self, revents: PollFlags) {
+        let Some(conn) = &mut self.conn else { return };
+        if revents.contains(PollFlags::POLLOUT) {
+            if let Err(e) = conn.flush() {
+                log(format_args!("agent connection closed: {e}"));
+                self.conn = None;
+                return;
+            }
+        }
+        if !revents.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return;
+        }
+        let incoming = conn.read();
+        for msg in incoming.messages {
+            self.handle(msg);
+        }
+        if let Some(reason) = incoming.closed {
+            log(format_args!("agent connection closed: {reason}"));
+            self.conn = None;
+        }
+    }
+
+    fn handle(&mut self, msg: ToLauncher) {
+        match msg {
+            ToLauncher::Launch(spec) => self.launch(spec),
+            ToLauncher::Signal { id, signo, tree } => {
+                let delivered = self.signal(&id, signo, tree);
+                self.send(&FromLauncher::Signaled { id, delivered });
+            }
+            ToLauncher::Ack { id } => {
+                if let Err(e) = self.journal.ack(&id) {
+                    log(format_args!("acknowledging {id}: {e}"));
+                }
+            }
+        }
+    }
+
+    fn launch(&mut self, spec: LaunchSpec) {
+        if let Some(r) = self.running.get(&spec.id) {
+            let reply = Launched {
+                id: spec.id,
+                pid: r.pid,
+                at_unix_ms: r.started_ms,
+            };
+            self.send(&FromLauncher::Launched(reply));
+            return;
+        }
+        if let Some(rec) = self.journal.unacked(&spec.id).cloned() {
+            let reply = Launched {
+                id: spec.id,
+                pid: rec.pid,
+                at_unix_ms: rec.at_unix_ms,
+            };
+            self.send(&FromLauncher::Launched(reply));
+            self.send(&FromLauncher::Exited(rec));
+            return;
+        }
+        let spawned = match children::spawn(&spec) {
+            Ok(s) => s,
+            Err(error) => {
+                log(format_args!("launch {} failed: {error}", spec.id));
+                self.send(&FromLauncher::LaunchFailed { id: spec.id, error });
+                return;
+            }
+        };
+        let started_ms = now_ms();
+        let pid = spawned.pid;
+        let pipes = [self.add_pipe(spawned.stdout), self.add_pipe(spawned.stderr)];
+        self.running.insert(
+            spec.id.clone(),
+            Running {
+                pid,
+                pidfd: spawned.pidfd,
+                started_ms,
+                pipes,
+            },
+        );
+        self.by_pid.insert(pid, spec.id.clone());
+        log(format_args!("launched {} as pid {pid}", spec.id));
+        self.send(&FromLauncher::Launched(Launched {
+            id: spec.id,
+            pid,
+            at_unix_ms: started_ms,
+        }));
+    }
+
+    fn add_pipe(&mut self, pipe: OutPipe) -> u64 {
+        self.next_pipe += 1;
+        self.pipes.insert(self.next_pipe, pipe);
+        self.next_pipe
+    }
+
+    /// Delivers `signo` to a running process (or its group); false when the
+    /// id is unknown or already exited, or the kernel refused.
+    fn signal(&mut self, id: &str, signo: i32, tree: bool) -> bool {
+        let Some(r) = self.running.get(id) else {
+            return false;
+        };
+        // An unreaped child keeps its pid and group id, so neither can have
+        // been recycled: killpg and kill are as safe as the pidfd here.
+        let result = match (&r.pidfd, tree) {
+            (_, true) => sys::killpg(r.pid, signo),
+            (Some(fd), false) => sys::pidfd_send_signal(fd.as_fd(), signo),
+            (None, false) => sys::kill(r.pid, signo),
+        };
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                log(format_args!("signal {signo} to {id} (pid {}): {e}", r.pid));
+                false
+            }
+        }
+    }
+
+    fn pump(&mut self, key: u64, max: usize) {
+        if let Some(pipe) = self.pipes.get_mut(&key) {
+            if pipe.pump(max) == PipeState::Eof {
+                self.pipes.remove(&key);
+            }
+        }
+    }
+
+    fn on_signals(&mut self) {
+        let mut reap = false;
+        loop {
+            match self.sigfd.read_signal() {
+                Ok(Some(info)) => match i32::try_from(info.ssi_signo).unwrap_or(0) {
+                    libc::SIGCHLD => reap = true,
+                    libc::SIGHUP => log(format_args!("SIGHUP ignored")),
+                    signo => {
+                        if self.running.is_empty() {
+                            log(format_args!("signal {signo}: idle, exiting"));
+                            self.stop = true;
+                        } else {
+                            log(format_args!(
+                                "signal {signo} ignored: {} managed processes still running",
+                                self.running.len()
+                            ));
+                        }
+                    }
+                },
+                Ok(None) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => {
+                    log(format_args!("reading signalfd: {e}"));
+                    reap = true;
+                    break;
+                }
+            }
+        }
+        if reap {
+            self.reap();
+        }
+    }
+
+    /// Reaps every terminated child; records and reports managed ones.
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match sys::wait_any_nohang() {
+                Ok(Some(x)) => x,
+                Ok(None) => return,
+                Err(e) => {
+                    log(format_args!("waitpid: {e}"));
+                    return;
+                }
+            };
+            let Some(code) = exitcode(status) else {
+                continue;
+            };
+            let Some(id) = self.by_pid.remove(&pid) else {
+                log(format_args!("reaped orphan pid {pid} (exitcode {code})"));
+                continue;
+            };
+            let Some(r) = self.running.remove(&id) else {
+                continue;
+            };
+            // Everything the child wrote before exiting goes in its files
+            // before its exit is reported; pipes still held open by
+            // descendants keep being drained afterwards.
+            for key in r.pipes {
+                self.pump(key, FINAL_DRAIN);
+            }
+            self.exited(ExitRecord {
+                id,
+                pid,
+                exitcode: code,
+                at_unix_ms: now_ms(),
+            });
+        }
+    }
+
+    fn exited(&mut self, rec: ExitRecord) {
+        log(format_args!(
+            "{} (pid {}) exited with {}",
+            rec.id, rec.pid, rec.exitcode
+        ));
+        if let Err(e) = self.journal.record_exit(&rec) {
+            // Still report it: the agent holding it beats nobody holding it.
+            log(format_args!("JOURNAL WRITE FAILED for {}: {e}", rec.id));
+        }
+        self.send(&FromLauncher::Exited(rec));
+    }
+}

@@ -1,0 +1,21 @@
+//! The mpctl node agent.
+//!
+//! Two processes cooperate on every node:
+//! - the **launcher** ([`launcher`]): small, single-threaded, long-lived; the real
+//!   parent of every managed process. It spawns, signals through pidfds, reaps,
+//!   copies output into size-capped files and journals every exit on disk
+//!   before reporting it. It outlives agent restarts.
+//! - the **agent daemon** ([`daemon`]): keeps one authenticated gRPC stream to the
+//!   coordinator ([`session`]), turns its commands into launcher requests, reports
+//!   launches and exits (re-sending unacknowledged exits after any reconnect), and
+//!   serves process output ([`logs`]).
+
+pub mod config;
+pub mod daemon;
+pub mod launcher;
+pub mod logs;
+mod session;
+mod state;
+
+pub use config::AgentConfig;
+pub use daemon::{run, AgentError};

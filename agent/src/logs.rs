@@ -1,0 +1,151 @@
+//! Serving a process's output files to the coordinator.
+//!
+//! Without follow, the files are sent as they are. With follow, the reader
+//! sends what is there, then waits for the files to change (inotify) or the
+//! process to exit; once it has exited, a last read drains the files (the
+//! launcher copies everything a process wrote before reporting its exit) and
+//! the stream ends.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use inotify::{Inotify, WatchMask};
+use mpctl_proto::v1::{agent_message::Msg, LogData, LogStream};
+use tokio::io::AsyncReadExt;
+
+use crate::state::NodeState;
+
+const CHUNK: usize = 64 * 1024;
+
+/// Where a process's output lives on this node.
+pub fn output_paths(procs_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
+    let dir = procs_dir.join(id);
+    (dir.join("stdout"), dir.join("stderr"))
+}
+
+struct Source {
+    stream: LogStream,
+    path: PathBuf,
+    file: Option<tokio::fs::File>,
+}
+
+impl Source {
+    /// Sends everything new in the file.
+    async fn drain(&mut self, state: &NodeState, request_id: u64) -> std::io::Result<()> {
+        if self.file.is_none() {
+            match tokio::fs::File::open(&self.path).await {
+                Ok(f) => self.file = Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        let file = self.file.as_mut().expect("opened above");
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = file.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            state.send(Msg::LogData(LogData {
+                request_id,
+                stream: self.stream as i32,
+                data: buf[..n].to_vec(),
+                eof: false,
+                error: String::new(),
+            }));
+        }
+    }
+}
+
+/// Streams the output of `id` as `LogData` for `request_id` until done.
+pub async fn serve(
+    state: Arc<NodeState>,
+    procs_dir: PathBuf,
+    id: String,
+    request_id: u64,
+    which: LogStream,
+    follow: bool,
+) {
+    let result = serve_inner(&state, &procs_dir, &id, request_id, which, follow).await;
+    state.send(Msg::LogData(LogData {
+        request_id,
+        stream: which as i32,
+        data: Vec::new(),
+        eof: true,
+        error: match result {
+            Ok(()) => String::new(),
+            Err(e) => format!("reading the output of {id}: {e}"),
+        },
+    }));
+}
+
+async fn serve_inner(
+    state: &NodeState,
+    procs_dir: &Path,
+    id: &str,
+    request_id: u64,
+    which: LogStream,
+    follow: bool,
+) -> std::io::Result<()> {
+    let (stdout, stderr) = output_paths(procs_dir, id);
+    let mut sources = Vec::new();
+    if matches!(
+        which,
+        LogStream::Stdout | LogStream::Both | LogStream::Unspecified
+    ) {
+        sources.push(Source {
+            stream: LogStream::Stdout,
+            path: stdout,
+            file: None,
+        });
+    }
+    if matches!(
+        which,
+        LogStream::Stderr | LogStream::Both | LogStream::Unspecified
+    ) {
+        sources.push(Source {
+            stream: LogStream::Stderr,
+            path: stderr,
+            file: None,
+        });
+    }
+    if !follow {
+        for s in &mut sources {
+            s.drain(state, request_id).await?;
+        }
+        return Ok(());
+    }
+    // Watch the directory: the files may not exist yet while launching.
+    let inotify = Inotify::init()?;
+    let dir = procs_dir.join(id);
+    tokio::fs::create_dir_all(&dir).await?;
+    inotify.watches().add(
+        &dir,
+        WatchMask::MODIFY | WatchMask::CREATE | WatchMask::CLOSE_WRITE,
+    )?;
+    let mut events = inotify.into_event_stream([0u8; 4096])?;
+    let mut exits = state.exit_events();
+    loop {
+        exits.borrow_and_update();
+        let live = state.is_live(id);
+        for s in &mut sources {
+            s.drain(state, request_id).await?;
+        }
+        if !live {
+            return Ok(());
+        }
+        tokio::select! {
+            ev = events.next() => {
+                if ev.is_none() {
+                    return Ok(());
+                }
+            }
+            changed = exits.changed() => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}

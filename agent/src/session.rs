@@ -1,0 +1,295 @@
+//! One connection to the coordinator: register, then serve its commands and
+//! send heartbeats until the stream ends.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mpctl_proto::v1::{
+    agent_message::Msg, agent_service_client::AgentServiceClient,
+    coordinator_message::Msg as FromCoordinator, AgentMessage, Heartbeat, Launch, LaunchFailed,
+    Launched, LogStream, Register,
+};
+use mpctl_transport::Role;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::config::AgentConfig;
+use crate::daemon::{AgentError, Launcher};
+use crate::launcher::{LaunchError, LaunchSpec};
+use crate::logs;
+use crate::state::NodeState;
+
+/// Environment variables a process gets from the node (everything else it
+/// gets is in its start request). The authkey is never among them.
+const BASE_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+];
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+pub struct Ctx {
+    pub config: Arc<AgentConfig>,
+    pub state: Arc<NodeState>,
+    pub launcher: Launcher,
+    pub procs_dir: PathBuf,
+}
+
+/// Runs one session to its end. Returns Ok when the coordinator closed it.
+pub async fn run(ctx: &Ctx) -> Result<(), AgentError> {
+    let cfg = &ctx.config;
+    let channel = mpctl_transport::connect(&cfg.server, &cfg.authkey, Role::Agent, cfg.security)
+        .await
+        .map_err(|e| AgentError::Connect {
+            server: cfg.server.clone(),
+            source: e,
+        })?;
+    let mut client = AgentServiceClient::new(channel);
+    let (tx, rx) = mpsc::unbounded_channel::<AgentMessage>();
+    let (running, exited) = ctx.state.open_session(tx.clone());
+    let register = Register {
+        name: cfg.name.clone(),
+        slots: cfg.slots,
+        labels: cfg.labels.clone(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        hostname: crate::config::hostname(),
+        running,
+        exited,
+    };
+    let _ = tx.send(AgentMessage {
+        msg: Some(Msg::Register(register)),
+    });
+    // However the session ends (including this future being dropped at
+    // shutdown), no sender may keep the stream to the coordinator open.
+    let _closed = CloseOnDrop(&ctx.state);
+    serve(ctx, &mut client, tx, rx).await
+}
+
+struct CloseOnDrop<'a>(&'a NodeState);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.close_session();
+    }
+}
+
+/// Tasks that belong to one session: aborted when it ends.
+#[derive(Default)]
+struct SessionTasks {
+    heartbeat: Option<AbortHandle>,
+    readers: HashMap<u64, AbortHandle>,
+}
+
+impl Drop for SessionTasks {
+    fn drop(&mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+        }
+        for h in self.readers.values() {
+            h.abort();
+        }
+    }
+}
+
+async fn serve(
+    ctx: &Ctx,
+    client: &mut AgentServiceClient<tonic::transport::Channel>,
+    tx: mpsc::UnboundedSender<AgentMessage>,
+    rx: mpsc::UnboundedReceiver<AgentMessage>,
+) -> Result<(), AgentError> {
+    let server = ctx.config.server.clone();
+    let mut inbound = client
+        .session(UnboundedReceiverStream::new(rx))
+        .await
+        .map_err(|status| AgentError::Session {
+            server: server.clone(),
+            status,
+        })?
+        .into_inner();
+    let mut tasks = SessionTasks::default();
+    loop {
+        let msg = match inbound.message().await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(status) => {
+                return Err(AgentError::Session {
+                    server: server.clone(),
+                    status,
+                })
+            }
+        };
+        match msg.msg {
+            Some(FromCoordinator::Registered(r)) => {
+                tracing::info!(agent = %ctx.config.name, %server, "registered with the coordinator");
+                let every = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 60_000));
+                let tx = tx.clone();
+                let state = Arc::clone(&ctx.state);
+                let beats = tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        let beat = Heartbeat {
+                            running: state.running_count(),
+                        };
+                        if tx
+                            .send(AgentMessage {
+                                msg: Some(Msg::Heartbeat(beat)),
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+                if let Some(h) = tasks.heartbeat.replace(beats.abort_handle()) {
+                    h.abort();
+                }
+            }
+            Some(FromCoordinator::Launch(l)) => {
+                tokio::spawn(launch(
+                    Arc::clone(&ctx.config),
+                    Arc::clone(&ctx.state),
+                    ctx.launcher.clone(),
+                    ctx.procs_dir.clone(),
+                    l,
+                ));
+            }
+            Some(FromCoordinator::Signal(s)) => {
+                let launcher = ctx.launcher.clone();
+                tokio::spawn(async move {
+                    let client = launcher.get().await;
+                    if let Err(e) = client.signal(&s.process_id, s.signo, s.tree).await {
+                        tracing::warn!(process = %s.process_id, signo = s.signo, error = %e, "signal not delivered");
+                    }
+                });
+            }
+            Some(FromCoordinator::AckExit(a)) => {
+                ctx.state.acked(&a.process_id);
+                let client = ctx.launcher.get().await;
+                if let Err(e) = client.ack(&a.process_id).await {
+                    tracing::warn!(process = %a.process_id, error = %e, "exit ack not journaled; it will be re-sent");
+                }
+            }
+            Some(FromCoordinator::ReadLogs(r)) => {
+                let which = LogStream::try_from(r.stream).unwrap_or(LogStream::Both);
+                let task = tokio::spawn(logs::serve(
+                    Arc::clone(&ctx.state),
+                    ctx.procs_dir.clone(),
+                    r.process_id,
+                    r.request_id,
+                    which,
+                    r.follow,
+                ));
+                tasks.readers.retain(|_, h| !h.is_finished());
+                tasks.readers.insert(r.request_id, task.abort_handle());
+            }
+            Some(FromCoordinator::CancelLogs(c)) => {
+                if let Some(h) = tasks.readers.remove(&c.request_id) {
+                    h.abort();
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+fn child_env(config: &AgentConfig, l: &Launch) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = BASE_ENV
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if let Some(cmd) = &l.command {
+        for (k, v) in &cmd.env {
+            env.retain(|(ek, _)| ek != k);
+            env.push((k.clone(), v.clone()));
+        }
+    }
+    for (k, v) in [
+        ("MPCTL_PROCESS_ID", l.process_id.as_str()),
+        ("MPCTL_PROCESS_NAME", l.name.as_str()),
+        ("MPCTL_NODE", config.name.as_str()),
+    ] {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.into(), v.into()));
+    }
+    env
+}
+
+async fn launch(
+    config: Arc<AgentConfig>,
+    state: Arc<NodeState>,
+    launcher: Launcher,
+    procs_dir: PathBuf,
+    l: Launch,
+) {
+    let id = l.process_id.clone();
+    state.launching(&id);
+    let outcome = launch_inner(&config, &launcher, &procs_dir, &l).await;
+    match outcome {
+        Ok(launched) => {
+            state.launch_done(&id, Some(launched.pid));
+            state.send(Msg::Launched(Launched {
+                process_id: id,
+                pid: launched.pid,
+                at_unix_ms: launched.at_unix_ms,
+            }));
+        }
+        Err(error) => {
+            state.launch_done(&id, None);
+            tracing::info!(process = %id, %error, "launch failed");
+            state.send(Msg::LaunchFailed(LaunchFailed {
+                process_id: id,
+                error,
+            }));
+        }
+    }
+}
+
+async fn launch_inner(
+    config: &AgentConfig,
+    launcher: &Launcher,
+    procs_dir: &Path,
+    l: &Launch,
+) -> Result<crate::launcher::Launched, String> {
+    let cmd = l.command.clone().unwrap_or_default();
+    let cwd = if cmd.cwd.is_empty() {
+        config.work_dir.clone()
+    } else {
+        PathBuf::from(&cmd.cwd)
+    };
+    if !cwd.is_dir() {
+        return Err(format!(
+            "working directory {} does not exist on this node",
+            cwd.display()
+        ));
+    }
+    let (stdout_path, stderr_path) = logs::output_paths(procs_dir, &l.process_id);
+    if let Some(dir) = stdout_path.parent() {
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
+    }
+    let spec = LaunchSpec {
+        id: l.process_id.clone(),
+        argv: cmd.argv.clone(),
+        env: child_env(config, l),
+        cwd: Some(cwd),
+        stdout_path,
+        stderr_path,
+        log_limit_bytes: if l.log_limit_bytes == 0 {
+            config.default_log_limit
+        } else {
+            l.log_limit_bytes
+        },
+    };
+    let client = launcher.get().await;
+    match client.launch(spec).await {
+        Ok(launched) => Ok(launched),
+        Err(LaunchError::Failed { error, .. }) => Err(error),
+        Err(e @ LaunchError::Launcher(_)) => Err(format!("the node's launcher failed: {e}")),
+    }
+}

@@ -1,0 +1,151 @@
+//! What the agent knows about its node's processes, shared by the launcher
+//! event loop, the coordinator session and the log readers.
+//!
+//! One lock covers the process sets and the current session sender, so an
+//! exit is either in the snapshot sent with `Register` or sent on the session
+//! after it, never neither.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use mpctl_proto::v1::{agent_message::Msg, AgentMessage, Exited, RunningProcess};
+use tokio::sync::{mpsc, watch};
+
+use crate::launcher::{ExitRecord, Hello};
+
+pub type SessionTx = mpsc::UnboundedSender<AgentMessage>;
+
+#[derive(Default)]
+struct Inner {
+    running: HashMap<String, i32>,
+    launching: HashSet<String>,
+    exited_while_launching: HashSet<String>,
+    unacked: BTreeMap<String, ExitRecord>,
+    session: Option<SessionTx>,
+}
+
+pub struct NodeState {
+    inner: Mutex<Inner>,
+    exits: watch::Sender<u64>,
+}
+
+pub fn exited_message(e: &ExitRecord) -> Exited {
+    Exited {
+        process_id: e.id.clone(),
+        pid: e.pid,
+        exitcode: e.exitcode,
+        at_unix_ms: e.at_unix_ms,
+    }
+}
+
+impl NodeState {
+    pub fn new() -> NodeState {
+        NodeState {
+            inner: Mutex::new(Inner::default()),
+            exits: watch::channel(0).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the launcher's view after (re)connecting to it; exits not seen
+    /// before are reported on the current session.
+    pub fn adopt(&self, hello: &Hello) {
+        let mut g = self.lock();
+        g.running = hello
+            .running
+            .iter()
+            .map(|r| (r.id.clone(), r.pid))
+            .collect();
+        for e in &hello.exited {
+            if g.unacked.insert(e.id.clone(), e.clone()).is_none() {
+                if let Some(tx) = &g.session {
+                    let _ = tx.send(AgentMessage {
+                        msg: Some(Msg::Exited(exited_message(e))),
+                    });
+                }
+            }
+        }
+        drop(g);
+        self.exits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Installs a new session and returns what `Register` must carry.
+    pub fn open_session(&self, tx: SessionTx) -> (Vec<RunningProcess>, Vec<Exited>) {
+        let mut g = self.lock();
+        g.session = Some(tx);
+        let running = g
+            .running
+            .iter()
+            .map(|(id, pid)| RunningProcess {
+                process_id: id.clone(),
+                pid: *pid,
+            })
+            .collect();
+        let exited = g.unacked.values().map(exited_message).collect();
+        (running, exited)
+    }
+
+    pub fn close_session(&self) {
+        self.lock().session = None;
+    }
+
+    pub fn send(&self, msg: Msg) {
+        if let Some(tx) = &self.lock().session {
+            let _ = tx.send(AgentMessage { msg: Some(msg) });
+        }
+    }
+
+    pub fn launching(&self, id: &str) {
+        self.lock().launching.insert(id.to_owned());
+    }
+
+    /// The launch finished (`pid` is None if it failed). A process that
+    /// already exited meanwhile is not listed as running.
+    pub fn launch_done(&self, id: &str, pid: Option<i32>) {
+        let mut g = self.lock();
+        g.launching.remove(id);
+        let exited = g.exited_while_launching.remove(id);
+        if let (Some(pid), false) = (pid, exited) {
+            g.running.insert(id.to_owned(), pid);
+        }
+    }
+
+    /// An exit from the launcher: remember it until acknowledged and report it.
+    pub fn exited(&self, e: ExitRecord) {
+        let mut g = self.lock();
+        g.running.remove(&e.id);
+        if g.launching.contains(&e.id) {
+            g.exited_while_launching.insert(e.id.clone());
+        }
+        if let Some(tx) = &g.session {
+            let _ = tx.send(AgentMessage {
+                msg: Some(Msg::Exited(exited_message(&e))),
+            });
+        }
+        g.unacked.insert(e.id.clone(), e);
+        drop(g);
+        self.exits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub fn acked(&self, id: &str) {
+        self.lock().unacked.remove(id);
+    }
+
+    pub fn running_count(&self) -> u32 {
+        self.lock().running.len() as u32
+    }
+
+    /// Still running or being launched here.
+    pub fn is_live(&self, id: &str) -> bool {
+        let g = self.lock();
+        g.running.contains_key(id) || g.launching.contains(id)
+    }
+
+    /// Changes whenever a process on this node exits.
+    pub fn exit_events(&self) -> watch::Receiver<u64> {
+        self.exits.subscribe()
+    }
+}

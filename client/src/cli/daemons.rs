@@ -1,0 +1,301 @@
+//! The long-running commands: `dev`, `server`, `agent`, the hidden
+//! `launcher`, and `keygen`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use mpctl::config::{config_dir, config_path, data_home, read_config_file, ConfigFile};
+use mpctl::{AuthKey, Security};
+use mpctl_agent::AgentConfig;
+use mpctl_server::{Coordinator, CoordinatorConfig, Timings};
+
+use super::Global;
+
+#[derive(Args)]
+pub struct LeaseArgs {
+    /// An agent silent this long (ms) is lost, and so are its processes
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    lease_ms: u64,
+    /// How often agents send heartbeats (ms)
+    #[arg(long, default_value_t = 2_000, value_name = "MS")]
+    heartbeat_ms: u64,
+}
+
+impl LeaseArgs {
+    fn timings(&self) -> anyhow::Result<Timings> {
+        anyhow::ensure!(
+            self.heartbeat_ms >= 10 && self.heartbeat_ms * 2 <= self.lease_ms,
+            "--heartbeat-ms ({}) must be at least 10 and at most half of --lease-ms ({})",
+            self.heartbeat_ms,
+            self.lease_ms
+        );
+        Ok(Timings {
+            lease: Duration::from_millis(self.lease_ms),
+            heartbeat: Duration::from_millis(self.heartbeat_ms),
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// Agent name, unique in the cluster (default: the hostname)
+    #[arg(long)]
+    name: Option<String>,
+    /// How many processes may run at once (default: the node's cores)
+    #[arg(long)]
+    slots: Option<u32>,
+    /// A label KEY=VALUE that placement selectors can match (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Working directory of processes that name none (default: this directory)
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Default cap for each of stdout and stderr of a process, in bytes
+    #[arg(long, default_value_t = mpctl_agent::config::DEFAULT_LOG_LIMIT, value_name = "BYTES")]
+    log_limit: u64,
+}
+
+#[derive(Args)]
+pub struct DevArgs {
+    /// Coordinator address (a loopback address keeps it private to this machine)
+    #[arg(long, default_value = "127.0.0.1:7325")]
+    listen: SocketAddr,
+    /// State directory (default: ~/.local/share/mpctl/dev)
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    lease: LeaseArgs,
+}
+
+#[derive(Args)]
+pub struct ServerArgs {
+    /// Address to listen on
+    #[arg(long, default_value = "0.0.0.0:7325")]
+    listen: SocketAddr,
+    /// State directory (the SQLite process table lives here)
+    #[arg(long, env = "MPCTL_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    lease: LeaseArgs,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    /// Coordinator address HOST:PORT
+    #[arg(long, env = "MPCTL_SERVER")]
+    server: String,
+    /// State directory (launcher, exit journal, process output)
+    #[arg(long, env = "MPCTL_DATA_DIR")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// Where to write the key (default: ~/.config/mpctl/authkey)
+    #[arg(long, short = 'f')]
+    out: Option<PathBuf>,
+    /// Replace an existing key file
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Args)]
+pub struct LauncherArgs {
+    #[arg(long)]
+    dir: PathBuf,
+}
+
+fn security(g: &Global) -> Security {
+    if g.plaintext || std::env::var("MPCTL_PLAINTEXT").is_ok_and(|v| !v.is_empty() && v != "0") {
+        Security::PlaintextLoopback
+    } else {
+        Security::Tls
+    }
+}
+
+fn authkey_path(g: &Global) -> anyhow::Result<PathBuf> {
+    g.authkey_file
+        .clone()
+        .or_else(|| std::env::var_os("MPCTL_AUTHKEY_FILE").map(PathBuf::from))
+        .context("no authkey: pass --authkey-file FILE or set MPCTL_AUTHKEY_FILE (create one with `mpctl keygen`)")
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn agent_config(
+    node: NodeArgs,
+    server: String,
+    authkey: AuthKey,
+    security: Security,
+    data_dir: PathBuf,
+) -> anyhow::Result<AgentConfig> {
+    let mut labels = std::collections::HashMap::new();
+    for l in &node.labels {
+        let (k, v) = l
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("--label {l:?} must be KEY=VALUE"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let slots = node
+        .slots
+        .unwrap_or_else(mpctl_agent::config::default_slots);
+    anyhow::ensure!(slots > 0, "--slots must be at least 1");
+    Ok(AgentConfig {
+        server,
+        authkey,
+        security,
+        name: node.name.unwrap_or_else(mpctl_agent::config::hostname),
+        data_dir,
+        slots,
+        labels,
+        launcher_cmd: mpctl::embedded::launcher_command()?,
+        default_log_limit: node.log_limit,
+        work_dir: match node.work_dir {
+            Some(d) => d,
+            None => std::env::current_dir().context("cannot read the current directory")?,
+        },
+    })
+}
+
+pub async fn server(g: &Global, a: ServerArgs) -> anyhow::Result<i32> {
+    let key_path = authkey_path(g)?;
+    let coordinator = Coordinator::start(CoordinatorConfig {
+        listen: a.listen,
+        data_dir: a.data_dir,
+        authkey: AuthKey::load(&key_path)?,
+        security: security(g),
+        timings: a.lease.timings()?,
+    })
+    .await?;
+    eprintln!("mpctl server: listening on {}", coordinator.local_addr());
+    coordinator.run_until(shutdown_signal()).await?;
+    Ok(0)
+}
+
+pub async fn agent(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
+    let key = AuthKey::load(&authkey_path(g)?)?;
+    let config = agent_config(a.node, a.server, key, security(g), a.data_dir)?;
+    eprintln!(
+        "mpctl agent: {} with {} slots, coordinator {}",
+        config.name, config.slots, config.server
+    );
+    mpctl_agent::run(config, shutdown_signal()).await?;
+    Ok(0)
+}
+
+pub async fn dev(g: &Global, a: DevArgs) -> anyhow::Result<i32> {
+    let key_path = match authkey_path(g) {
+        Ok(p) => p,
+        Err(_) => config_dir().join("dev.authkey"),
+    };
+    let authkey = if key_path.exists() {
+        AuthKey::load(&key_path)?
+    } else {
+        AuthKey::write_new(&key_path, false)?
+    };
+    let data_dir = a.data_dir.unwrap_or_else(|| data_home().join("dev"));
+    let sec = security(g);
+    let coordinator = Coordinator::start(CoordinatorConfig {
+        listen: a.listen,
+        data_dir: data_dir.join("coordinator"),
+        authkey: authkey.clone(),
+        security: sec,
+        timings: a.lease.timings()?,
+    })
+    .await
+    .with_context(|| format!("cannot start the coordinator (is another `mpctl dev` using {}? pick another with --listen)", a.listen))?;
+    let addr = coordinator.local_addr();
+    let config = agent_config(
+        a.node,
+        addr.to_string(),
+        authkey,
+        sec,
+        data_dir.join("agent"),
+    )?;
+    let agent_name = config.name.clone();
+    let slots = config.slots;
+    let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut agent = tokio::spawn(mpctl_agent::run(config, async {
+        let _ = stopped.await;
+    }));
+    if !coordinator
+        .wait_for_agent(&agent_name, Duration::from_secs(10))
+        .await
+    {
+        let _ = coordinator.shutdown().await;
+        anyhow::bail!("the dev agent did not register within 10 s");
+    }
+    let cfg_path = config_path();
+    let file = ConfigFile {
+        addr: addr.to_string(),
+        authkey_file: key_path.clone(),
+        plaintext: sec == Security::PlaintextLoopback,
+        dev_pid: Some(std::process::id()),
+    };
+    if let Some(dir) = cfg_path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("cannot write {}", cfg_path.display()))?;
+    eprintln!(
+        "mpctl dev: coordinator on {addr}, agent {agent_name} with {slots} slots, state in {}\nmpctl dev: client config written to {} (authkey {}); other terminals' mpctl commands use this cluster. Ctrl-C stops it.",
+        data_dir.display(),
+        cfg_path.display(),
+        key_path.display()
+    );
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        r = &mut agent => match r {
+            Ok(Err(e)) => Err(anyhow::Error::from(e).context("the dev agent stopped")),
+            _ => Err(anyhow::anyhow!("the dev agent stopped")),
+        },
+    };
+    // Remove the config only if it is still ours.
+    if let Ok(Some(f)) = read_config_file(&cfg_path) {
+        if f.dev_pid == Some(std::process::id()) {
+            let _ = std::fs::remove_file(&cfg_path);
+        }
+    }
+    let _ = stop_agent.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(5), agent).await;
+    coordinator.shutdown().await?;
+    outcome.map(|()| 0)
+}
+
+pub fn keygen(a: KeygenArgs) -> anyhow::Result<i32> {
+    let path = a.out.unwrap_or_else(|| config_dir().join("authkey"));
+    AuthKey::write_new(&path, a.force)?;
+    println!("{}", path.display());
+    Ok(0)
+}
+
+pub fn launcher(a: &LauncherArgs) -> i32 {
+    match mpctl_agent::launcher::run(&a.dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("mpctl launcher: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! Command-line parsing and dispatch. Each group of commands has its module:
+//! [`run`] (run, submit), [`query`] (ps, inspect, join, wait, terminate, kill,
+//! logs, agents), [`daemons`] (dev, server, agent, keygen, launcher), with
+//! [`output`] for tables and JSON.
+
+mod daemons;
+mod output;
+mod query;
+mod run;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mpctl::{Cluster, ClusterConfig, Overrides};
+
+/// Exit status for mpctl's own failures (bad flags, unreachable cluster),
+/// kept apart from the exit codes of processes, as `docker run` does.
+pub const EXIT_MPCTL: i32 = 125;
+/// Exit status of `run` when the command could not be executed.
+pub const EXIT_START_ERROR: i32 = 127;
+/// Exit status of `join` / `wait` when the timeout passed.
+pub const EXIT_TIMEOUT: i32 = 124;
+
+#[derive(Parser)]
+#[command(
+    name = "mpctl",
+    version,
+    about = "Python multiprocessing's process model across a cluster",
+    long_about = "Start, join, signal and wait on processes anywhere in a cluster.\n\nWith nothing configured, commands use an embedded coordinator and agent on this machine; `mpctl dev` runs a shared local cluster; MPCTL_ADDR and MPCTL_AUTHKEY_FILE (or --addr and --authkey-file) name a remote one."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Coordinator address HOST:PORT [env: MPCTL_ADDR]
+    #[arg(long, global = true)]
+    pub addr: Option<String>,
+    /// File holding the cluster's authkey [env: MPCTL_AUTHKEY_FILE]
+    #[arg(long, global = true)]
+    pub authkey_file: Option<PathBuf>,
+    /// Plain TCP without TLS (loopback addresses only) [env: MPCTL_PLAINTEXT]
+    #[arg(long, global = true)]
+    pub plaintext: bool,
+}
+
+#[derive(Clone, Copy, Default, ValueEnum, PartialEq, Eq)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Start a process, stream its output, exit with its exit code (128+N for signal N)
+    Run(run::RunArgs),
+    /// Start a process and print its id
+    Submit(run::RunArgs),
+    /// List processes (running ones; -a for all)
+    Ps(query::PsArgs),
+    /// Show processes in detail
+    Inspect(query::IdsArgs),
+    /// Wait for a process to stop; exit with its exit code (124 on timeout)
+    Join(query::JoinArgs),
+    /// Wait until any (or --all) of the processes stop; print the ready ones
+    Wait(query::WaitArgs),
+    /// Send SIGTERM to processes
+    Terminate(query::SignalArgs),
+    /// Send SIGKILL to processes
+    Kill(query::SignalArgs),
+    /// Print the output of a process
+    Logs(query::LogsArgs),
+    /// List the cluster's agents
+    Agents(query::FormatArgs),
+    /// Run a coordinator and an agent in the foreground for this machine
+    Dev(daemons::DevArgs),
+    /// Run a coordinator
+    Server(daemons::ServerArgs),
+    /// Run a node agent
+    Agent(daemons::AgentArgs),
+    /// Write a new authkey file (mode 0600)
+    Keygen(daemons::KeygenArgs),
+    /// The node launcher (started by the agent; not for direct use)
+    #[command(hide = true)]
+    Launcher(daemons::LauncherArgs),
+}
+
+impl Global {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            addr: self.addr.clone(),
+            authkey_file: self.authkey_file.clone(),
+            plaintext: self.plaintext,
+        }
+    }
+
+    pub async fn cluster(&self) -> anyhow::Result<Cluster> {
+        let config = ClusterConfig::resolve(&self.overrides())?;
+        Ok(Cluster::open(config).await?)
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses, runs, and returns the process exit status.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    if let Command::Launcher(args) = &cli.command {
+        // Single-threaded by design: no runtime, no other threads.
+        return daemons::launcher(args);
+    }
+    let daemon = matches!(
+        cli.command,
+        Command::Dev(_) | Command::Server(_) | Command::Agent(_)
+    );
+    init_tracing(if daemon { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mpctl: cannot start the async runtime: {e}");
+            return EXIT_MPCTL;
+        }
+    };
+    runtime.block_on(async move {
+        match dispatch(cli).await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("mpctl: {e:#}");
+                EXIT_MPCTL
+            }
+        }
+    })
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
+    let g = cli.global;
+    match cli.command {
+        Command::Run(a) => run::run(&g, a).await,
+        Command::Submit(a) => run::submit(&g, a).await,
+        Command::Ps(a) => query::ps(&g, a).await,
+        Command::Inspect(a) => query::inspect(&g, a).await,
+        Command::Join(a) => query::join(&g, a).await,
+        Command::Wait(a) => query::wait(&g, a).await,
+        Command::Terminate(a) => query::signal(&g, a, false).await,
+        Command::Kill(a) => query::signal(&g, a, true).await,
+        Command::Logs(a) => query::logs(&g, a).await,
+        Command::Agents(a) => query::agents(&g, a).await,
+        Command::Dev(a) => daemons::dev(&g, a).await,
+        Command::Server(a) => daemons::server(&g, a).await,
+        Command::Agent(a) => daemons::agent(&g, a).await,
+        Command::Keygen(a) => daemons::keygen(a),
+        Command::Launcher(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// The exit status a shell expects for a process's exit code.
+pub fn exit_status(exitcode: i32) -> i32 {
+    if exitcode < 0 {
+        128 + (-exitcode).min(127)
+    } else {
+        exitcode & 0xff
+    }
+}

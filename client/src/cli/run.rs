@@ -1,0 +1,188 @@
+//! `mpctl run` and `mpctl submit`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Args;
+use mpctl::{Error, LogStream, Process, ProcessState};
+
+use super::output::{print_json, process_json};
+use super::{exit_status, Format, Global, EXIT_MPCTL, EXIT_START_ERROR};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Process name (default Process-N)
+    #[arg(long)]
+    name: Option<String>,
+    /// Environment variable KEY=VALUE, or KEY to pass this shell's value (repeatable)
+    #[arg(short = 'e', long = "env", value_name = "KEY[=VALUE]")]
+    env: Vec<String>,
+    /// Working directory on the node (default: the agent's)
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Run on this agent only
+    #[arg(long)]
+    node: Option<String>,
+    /// Run on an agent with this label KEY=VALUE (repeatable)
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// Cap for each of stdout and stderr on the node, in bytes
+    #[arg(long, value_name = "BYTES")]
+    log_limit: Option<u64>,
+    /// Idempotency key: a start retried with the same key never runs twice
+    #[arg(long)]
+    request_id: Option<String>,
+    /// Output format of the final process record
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    output: Format,
+    /// The command and its arguments
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    command: Vec<String>,
+}
+
+fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => anyhow::bail!("{what} {s:?} must be KEY=VALUE"),
+    }
+}
+
+fn build(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<Process> {
+    let mut p = Process::new(cluster, a.command.iter().cloned());
+    if let Some(n) = &a.name {
+        p = p.with_name(n);
+    }
+    for e in &a.env {
+        let (k, v) = match e.split_once('=') {
+            Some(kv) => (kv.0.to_owned(), kv.1.to_owned()),
+            None => (
+                e.clone(),
+                std::env::var(e).with_context(|| {
+                    format!("-e {e}: no such variable in this shell (use -e {e}=VALUE)")
+                })?,
+            ),
+        };
+        p = p.env(k, v);
+    }
+    if let Some(c) = &a.cwd {
+        p = p.cwd(c);
+    }
+    if let Some(n) = &a.node {
+        p = p.node(n);
+    }
+    for l in &a.labels {
+        let (k, v) = key_value(l, "--label")?;
+        p = p.label(k, v);
+    }
+    if let Some(l) = a.log_limit {
+        p = p.log_limit(l);
+    }
+    if let Some(r) = &a.request_id {
+        p = p.request_id(r);
+    }
+    Ok(p)
+}
+
+/// Starts; on a start error prints it and returns the exit status to use.
+async fn start(p: &mut Process) -> anyhow::Result<Option<i32>> {
+    match p.start().await {
+        Ok(()) => Ok(None),
+        Err(Error::Start { message }) => {
+            eprintln!("mpctl: start error: {message}");
+            Ok(Some(EXIT_START_ERROR))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn submit(g: &Global, a: RunArgs) -> anyhow::Result<i32> {
+    let cluster = g.cluster().await?;
+    let mut p = build(&cluster, &a)?;
+    let result = start(&mut p).await;
+    cluster.close().await;
+    if let Some(code) = result? {
+        return Ok(code);
+    }
+    match a.output {
+        Format::Json => print_json(&process_json(p.info().expect("started"))),
+        Format::Table => println!("{}", p.id().unwrap_or_default()),
+    }
+    Ok(0)
+}
+
+pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<i32> {
+    let cluster = g.cluster().await?;
+    let result = run_on(&cluster, &a).await;
+    cluster.close().await;
+    result
+}
+
+async fn run_on(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<i32> {
+    let mut p = build(cluster, a)?;
+    if let Some(code) = start(&mut p).await? {
+        return Ok(code);
+    }
+    if p.state() == Some(ProcessState::Queued) {
+        eprintln!(
+            "mpctl: {} is queued until a matching agent has a free slot",
+            p.id().unwrap_or_default()
+        );
+    }
+    let mut logs = p.logs(LogStream::Both, true).await?;
+    let mut interrupts = 0;
+    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
+    loop {
+        tokio::select! {
+            chunk = logs.message() => match chunk {
+                Ok(Some(c)) => {
+                    let ok = if c.stream == LogStream::Stderr as i32 {
+                        std::io::stderr().write_all(&c.data).is_ok()
+                    } else {
+                        let mut out = std::io::stdout();
+                        out.write_all(&c.data).and_then(|_| out.flush()).is_ok()
+                    };
+                    if !ok {
+                        break; // our stdout is gone (e.g. `| head`); keep the exit code
+                    }
+                }
+                Ok(None) => break,
+                Err(status) => {
+                    eprintln!("mpctl: output stream interrupted: {}", status.message());
+                    break;
+                }
+            },
+            _ = &mut ctrl_c => {
+                interrupts += 1;
+                let id = p.id().unwrap_or_default().to_owned();
+                if interrupts == 1 {
+                    eprintln!("mpctl: sending SIGTERM to {id} (Ctrl-C again to kill)");
+                    p.terminate().await?;
+                } else {
+                    eprintln!("mpctl: sending SIGKILL to {id}");
+                    p.kill().await?;
+                }
+                ctrl_c = Box::pin(tokio::signal::ctrl_c());
+            }
+        }
+    }
+    p.join(None).await?;
+    let info = p.info().expect("started").clone();
+    if a.output == Format::Json {
+        print_json(&process_json(&info));
+    }
+    Ok(match (p.state(), p.exitcode()) {
+        (_, Some(code)) => exit_status(code),
+        (Some(ProcessState::Lost), _) => {
+            eprintln!(
+                "mpctl: {} is lost: its node {} stopped answering; its exit code will be known if the node comes back",
+                info.id, info.node
+            );
+            EXIT_MPCTL
+        }
+        (Some(ProcessState::Failed), _) => {
+            eprintln!("mpctl: start error: {}", info.start_error);
+            EXIT_START_ERROR
+        }
+        _ => EXIT_MPCTL,
+    })
+}

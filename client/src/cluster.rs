@@ -1,0 +1,114 @@
+//! A connection to a cluster's coordinator (or an embedded one).
+
+use std::sync::Arc;
+
+use mpctl_proto::v1::{
+    process_manager_client::ProcessManagerClient, AgentInfo, GetRequest, ListAgentsRequest,
+    ListRequest, ProcessInfo,
+};
+use mpctl_transport::{AuthKey, Role, Security};
+use tonic::transport::Channel;
+
+use crate::config::{ClusterConfig, Overrides};
+use crate::error::{Error, Result};
+
+/// A handle on a cluster; cheap to clone. Every [`crate::Process`] belongs to one.
+#[derive(Clone)]
+pub struct Cluster {
+    api: ProcessManagerClient<Channel>,
+    #[cfg(feature = "embedded")]
+    embedded: Option<Arc<tokio::sync::Mutex<Option<crate::embedded::Embedded>>>>,
+    #[cfg(not(feature = "embedded"))]
+    embedded: Option<Arc<()>>,
+}
+
+impl Cluster {
+    /// Connects to the coordinator at `addr` with the client key derived from `authkey`.
+    pub async fn connect(addr: &str, authkey: &AuthKey, security: Security) -> Result<Cluster> {
+        let channel = mpctl_transport::connect(addr, authkey, Role::Client, security).await?;
+        Ok(Cluster {
+            api: ProcessManagerClient::new(channel),
+            embedded: None,
+        })
+    }
+
+    /// The cluster the environment names (see [`crate::config`]); with nothing
+    /// configured, an embedded coordinator and agent in this process.
+    pub async fn from_env() -> Result<Cluster> {
+        Cluster::open(ClusterConfig::resolve(&Overrides::default())?).await
+    }
+
+    pub async fn open(config: ClusterConfig) -> Result<Cluster> {
+        match config {
+            ClusterConfig::Remote {
+                addr,
+                authkey_file,
+                security,
+            } => {
+                let key = AuthKey::load(&authkey_file)?;
+                Cluster::connect(&addr, &key, security).await
+            }
+            #[cfg(feature = "embedded")]
+            ClusterConfig::Embedded { data_dir } => {
+                let (embedded, addr, key) = crate::embedded::Embedded::start(&data_dir).await?;
+                let mut cluster =
+                    Cluster::connect(&addr.to_string(), &key, crate::embedded::SECURITY).await?;
+                cluster.embedded = Some(Arc::new(tokio::sync::Mutex::new(Some(embedded))));
+                Ok(cluster)
+            }
+            #[cfg(not(feature = "embedded"))]
+            ClusterConfig::Embedded { .. } => Err(Error::Config(
+                "no cluster configured (set MPCTL_ADDR and MPCTL_AUTHKEY_FILE); this build has no embedded cluster (feature `embedded`)".into(),
+            )),
+        }
+    }
+
+    /// True when this handle runs its own embedded coordinator and agent.
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// Stops an embedded coordinator and agent cleanly (processes keep running
+    /// under the node's launcher). A no-op for a remote cluster.
+    pub async fn close(&self) {
+        #[cfg(feature = "embedded")]
+        if let Some(e) = &self.embedded {
+            if let Some(e) = e.lock().await.take() {
+                e.stop().await;
+            }
+        }
+    }
+
+    /// The raw gRPC client, for calls the SDK does not wrap.
+    pub fn api(&self) -> ProcessManagerClient<Channel> {
+        self.api.clone()
+    }
+
+    pub async fn get(&self, id: &str) -> Result<ProcessInfo> {
+        self.api()
+            .get(GetRequest { id: id.to_owned() })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| Error::rpc("get", id, s))
+    }
+
+    /// Processes not yet stopped, or all of them.
+    pub async fn list(&self, all: bool) -> Result<Vec<ProcessInfo>> {
+        self.api()
+            .list(ListRequest {
+                all,
+                node: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner().processes)
+            .map_err(|s| Error::rpc("list", "", s))
+    }
+
+    pub async fn agents(&self) -> Result<Vec<AgentInfo>> {
+        self.api()
+            .list_agents(ListAgentsRequest {})
+            .await
+            .map(|r| r.into_inner().agents)
+            .map_err(|s| Error::rpc("list agents", "", s))
+    }
+}

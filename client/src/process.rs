@@ -1,0 +1,378 @@
+//! `Process`, `Sentinel` and `wait`: multiprocessing's process API over a cluster.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use mpctl_proto::v1::{
+    CommandTarget, JoinRequest, LogStream, LogsRequest, Placement, ProcessInfo, ProcessState,
+    SignalRequest, StartMethod, StartRequest, WaitMode, WaitRequest,
+};
+
+use crate::cluster::Cluster;
+use crate::error::{Error, Result};
+
+/// A process of the cluster: built, then started, joined, signalled.
+///
+/// ```no_run
+/// # async fn demo() -> mpctl::Result<()> {
+/// let cluster = mpctl::Cluster::from_env().await?;
+/// let mut p = mpctl::Process::new(&cluster, ["sh", "-c", "exit 3"]);
+/// p.start().await?;
+/// p.join(None).await?;
+/// assert_eq!(p.exitcode(), Some(3));
+/// # Ok(()) }
+/// ```
+pub struct Process {
+    cluster: Cluster,
+    request: StartRequest,
+    info: Option<ProcessInfo>,
+    closed: bool,
+}
+
+/// Becomes ready when its process has stopped (or failed to start, or was
+/// lost with its node). Wait on many with [`wait`].
+#[derive(Clone)]
+pub struct Sentinel {
+    cluster: Cluster,
+    id: String,
+}
+
+impl Sentinel {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl std::fmt::Debug for Sentinel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Sentinel({})", self.id)
+    }
+}
+
+fn new_request_id() -> String {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).expect("the OS random source is unavailable");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn millis(d: Option<Duration>) -> Option<u64> {
+    d.map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// Is this state final for a sentinel?
+pub fn is_settled(state: ProcessState) -> bool {
+    matches!(
+        state,
+        ProcessState::Stopped | ProcessState::Failed | ProcessState::Lost
+    )
+}
+
+impl Process {
+    /// A process that will run `argv` (a command target), not yet started.
+    pub fn new<I, S>(cluster: &Cluster, argv: I) -> Process
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Process {
+            cluster: cluster.clone(),
+            request: StartRequest {
+                request_id: new_request_id(),
+                command: Some(CommandTarget {
+                    argv: argv.into_iter().map(Into::into).collect(),
+                    env: HashMap::new(),
+                    cwd: String::new(),
+                }),
+                placement: Some(Placement::default()),
+                start_method: StartMethod::Spawn as i32,
+                ..Default::default()
+            },
+            info: None,
+            closed: false,
+        }
+    }
+
+    /// A handle on a process that already exists (started by anyone).
+    pub async fn attach(cluster: &Cluster, id: &str) -> Result<Process> {
+        let info = cluster.get(id).await?;
+        Ok(Process {
+            cluster: cluster.clone(),
+            request: StartRequest::default(),
+            info: Some(info),
+            closed: false,
+        })
+    }
+
+    fn command(&mut self) -> &mut CommandTarget {
+        self.request.command.get_or_insert_with(Default::default)
+    }
+
+    fn placement(&mut self) -> &mut Placement {
+        self.request.placement.get_or_insert_with(Default::default)
+    }
+
+    /// The process name (default: `Process-N`, assigned at start).
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.request.name = name.into();
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.command().env.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn cwd(mut self, dir: impl Into<String>) -> Self {
+        self.command().cwd = dir.into();
+        self
+    }
+
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.request.daemon = daemon;
+        self
+    }
+
+    /// Run on this agent only.
+    pub fn node(mut self, node: impl Into<String>) -> Self {
+        self.placement().node = node.into();
+        self
+    }
+
+    /// Run on an agent carrying this label.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.placement().labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Cap for each of stdout and stderr on the node.
+    pub fn log_limit(mut self, bytes: u64) -> Self {
+        self.request.log_limit_bytes = bytes;
+        self
+    }
+
+    /// Idempotency key: a start retried with the same key never runs twice.
+    /// A random one is chosen by default.
+    pub fn request_id(mut self, key: impl Into<String>) -> Self {
+        self.request.request_id = key.into();
+        self
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.closed {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn started(&self, op: &'static str) -> Result<&ProcessInfo> {
+        self.check_open()?;
+        self.info.as_ref().ok_or(Error::NotStarted { op })
+    }
+
+    /// Starts the process. A command that cannot be executed is
+    /// [`Error::Start`] with the node's OS reason.
+    pub async fn start(&mut self) -> Result<()> {
+        self.check_open()?;
+        if self.info.is_some() {
+            return Err(Error::AlreadyStarted);
+        }
+        let response = self.cluster.api().start(self.request.clone()).await;
+        match response {
+            Ok(r) => {
+                self.info = r.into_inner().process;
+                Ok(())
+            }
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(Error::Start {
+                message: s.message().to_owned(),
+            }),
+            Err(s) => Err(Error::rpc("start", "", s)),
+        }
+    }
+
+    /// Waits until the process stops or `timeout` passes; like CPython,
+    /// `exitcode()` is still `None` after a timeout.
+    pub async fn join(&mut self, timeout: Option<Duration>) -> Result<()> {
+        let id = self.started("join")?.id.clone();
+        let r = self
+            .cluster
+            .api()
+            .join(JoinRequest {
+                id: id.clone(),
+                timeout_ms: millis(timeout),
+            })
+            .await
+            .map_err(|s| Error::rpc("join", &id, s))?
+            .into_inner();
+        self.info = r.process.or(self.info.take());
+        Ok(())
+    }
+
+    /// Asks the coordinator whether the process is still running.
+    pub async fn is_alive(&mut self) -> Result<bool> {
+        let Some(info) = &self.info else {
+            self.check_open()?;
+            return Ok(false);
+        };
+        self.check_open()?;
+        if is_settled(state_of(info)) {
+            return Ok(false);
+        }
+        let id = info.id.clone();
+        let fresh = self.cluster.get(&id).await?;
+        let alive = !is_settled(state_of(&fresh)) && state_of(&fresh) != ProcessState::Queued;
+        self.info = Some(fresh);
+        Ok(alive)
+    }
+
+    /// `None` until the process has stopped; `-N` if signal N killed it.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.info
+            .as_ref()
+            .filter(|i| state_of(i) == ProcessState::Stopped)
+            .and_then(|i| i.exitcode)
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        self.info.as_ref().map(|i| i.pid).filter(|p| *p != 0)
+    }
+
+    /// Cluster-unique id, once started.
+    pub fn id(&self) -> Option<&str> {
+        self.info.as_ref().map(|i| i.id.as_str())
+    }
+
+    /// The name given, or the one the cluster assigned at start (`Process-N`).
+    pub fn name(&self) -> &str {
+        self.info
+            .as_ref()
+            .map(|i| i.name.as_str())
+            .unwrap_or(&self.request.name)
+    }
+
+    pub fn state(&self) -> Option<ProcessState> {
+        self.info.as_ref().map(state_of)
+    }
+
+    /// The last state seen from the coordinator.
+    pub fn info(&self) -> Option<&ProcessInfo> {
+        self.info.as_ref()
+    }
+
+    async fn signal(&mut self, kill: bool, tree: bool) -> Result<()> {
+        let op = if kill { "kill" } else { "terminate" };
+        let id = self.started(op)?.id.clone();
+        let req = SignalRequest {
+            id: id.clone(),
+            tree,
+        };
+        let api = &mut self.cluster.api();
+        let r = if kill {
+            api.kill(req).await
+        } else {
+            api.terminate(req).await
+        };
+        self.info = Some(r.map_err(|s| Error::rpc(op, &id, s))?.into_inner());
+        Ok(())
+    }
+
+    /// SIGTERM to the process (not its children).
+    pub async fn terminate(&mut self) -> Result<()> {
+        self.signal(false, false).await
+    }
+
+    /// SIGKILL to the process (not its children).
+    pub async fn kill(&mut self) -> Result<()> {
+        self.signal(true, false).await
+    }
+
+    /// SIGTERM (`kill` false) or SIGKILL to the process and its whole tree.
+    pub async fn signal_tree(&mut self, kill: bool) -> Result<()> {
+        self.signal(kill, true).await
+    }
+
+    /// The sentinel; an error before start, like CPython's `ValueError`.
+    pub fn sentinel(&self) -> Result<Sentinel> {
+        let id = self.started("get the sentinel of")?.id.clone();
+        Ok(Sentinel {
+            cluster: self.cluster.clone(),
+            id,
+        })
+    }
+
+    /// Releases the handle; refused while the process runs.
+    pub async fn close(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        if self.is_alive().await? {
+            return Err(Error::StillRunning {
+                id: self.id().unwrap_or_default().to_owned(),
+            });
+        }
+        self.closed = true;
+        Ok(())
+    }
+
+    /// Output of the process; with `follow`, until it stops and is drained.
+    pub async fn logs(
+        &self,
+        stream: LogStream,
+        follow: bool,
+    ) -> Result<tonic::Streaming<mpctl_proto::v1::LogChunk>> {
+        let id = self.started("read the output of")?.id.clone();
+        self.cluster
+            .api()
+            .logs(LogsRequest {
+                id: id.clone(),
+                stream: stream as i32,
+                follow,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|s| Error::rpc("logs", &id, s))
+    }
+}
+
+fn state_of(info: &ProcessInfo) -> ProcessState {
+    ProcessState::try_from(info.state).unwrap_or(ProcessState::Unspecified)
+}
+
+/// Like `multiprocessing.connection.wait`: blocks until at least one sentinel
+/// is ready or `timeout` passes, and returns the ready ones (empty on timeout).
+pub async fn wait(sentinels: &[Sentinel], timeout: Option<Duration>) -> Result<Vec<Sentinel>> {
+    wait_mode(sentinels, timeout, WaitMode::Any).await
+}
+
+/// [`wait`] until every sentinel is ready (or the timeout passes).
+pub async fn wait_all(sentinels: &[Sentinel], timeout: Option<Duration>) -> Result<Vec<Sentinel>> {
+    wait_mode(sentinels, timeout, WaitMode::All).await
+}
+
+async fn wait_mode(
+    sentinels: &[Sentinel],
+    timeout: Option<Duration>,
+    mode: WaitMode,
+) -> Result<Vec<Sentinel>> {
+    let Some(first) = sentinels.first() else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<String> = sentinels.iter().map(|s| s.id.clone()).collect();
+    let ready = first
+        .cluster
+        .api()
+        .wait(WaitRequest {
+            ids,
+            timeout_ms: millis(timeout),
+            mode: mode as i32,
+        })
+        .await
+        .map_err(|s| Error::rpc("wait", "", s))?
+        .into_inner()
+        .ready;
+    Ok(sentinels
+        .iter()
+        .filter(|s| ready.iter().any(|r| r.id == s.id))
+        .cloned()
+        .collect())
+}
