@@ -19,7 +19,9 @@ use tonic::Status;
 
 use crate::placement::{self, Decision};
 use crate::store::{Batch, Op, Pending, Store};
-use crate::table::{is_active, is_settled, AgentEntry, LogRoute, ProcRecord, Session, Table};
+use crate::table::{
+    is_active, is_settled, AgentEntry, LogReceiver, LogRoute, ProcRecord, Session, Table,
+};
 use crate::validate;
 
 /// Timings of the agent protocol.
@@ -409,7 +411,7 @@ impl Core {
         id: &str,
         stream: LogStream,
         follow: bool,
-    ) -> Result<Option<(u64, mpsc::UnboundedReceiver<Result<LogChunk, Status>>)>, Status> {
+    ) -> Result<Option<(u64, LogReceiver)>, Status> {
         let mut t = self.lock();
         let rec = t.procs.get(id).ok_or_else(|| not_found(id))?;
         if rec.info.node.is_empty() || rec.state() == ProcessState::Failed {

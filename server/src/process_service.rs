@@ -14,10 +14,10 @@ use mpctl_proto::v1::{
     WaitResponse,
 };
 use mpctl_transport::{require_role, Role};
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::core::Core;
+use crate::table::LogReceiver;
 
 pub struct ProcessService {
     pub core: Arc<Core>,
@@ -30,7 +30,7 @@ fn timeout(ms: Option<u64>) -> Option<Duration> {
 /// Output of one process on its way from the agent; dropping it (the client
 /// went away) stops the agent's reader.
 pub struct LogsStream {
-    rx: Option<(u64, mpsc::UnboundedReceiver<Result<LogChunk, Status>>)>,
+    rx: Option<(u64, LogReceiver)>,
     core: Arc<Core>,
 }
 

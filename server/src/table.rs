@@ -41,10 +41,14 @@ pub struct AgentEntry {
     pub running: HashSet<String>,
 }
 
+/// Output chunks on their way to one `Logs` caller.
+pub type LogSender = mpsc::UnboundedSender<Result<LogChunk, tonic::Status>>;
+pub type LogReceiver = mpsc::UnboundedReceiver<Result<LogChunk, tonic::Status>>;
+
 /// Where the coordinator forwards a log stream coming back from an agent.
 pub struct LogRoute {
     pub node: String,
-    pub tx: mpsc::UnboundedSender<Result<LogChunk, tonic::Status>>,
+    pub tx: LogSender,
 }
 
 pub struct Table {

@@ -1,0 +1,74 @@
+//! A coordinator killed with SIGKILL and restarted loses nothing: finished
+//! processes keep their exit codes, a process that exited while it was down
+//! is joined with its real code once the agent reconnects, and running ones
+//! stay running and signallable.
+
+use std::time::Duration;
+
+use mpctl::{Process, ProcessState};
+use mpctl_tests::{fifo, release, TestCluster};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coordinator_sigkill_and_restart() {
+    let mut tc = TestCluster::with_agent(4);
+    let gate = fifo(tc.path(), "gate");
+    let (finished_id, pending_id, running_id) = {
+        let c = tc.client().await;
+        let mut finished = Process::new(&c, ["sh", "-c", "exit 4"]).request_id("finished-once");
+        finished.start().await.unwrap();
+        finished.join(None).await.unwrap();
+        assert_eq!(finished.exitcode(), Some(4));
+
+        let script = format!("read _ < {}; exit 7", gate.display());
+        let mut pending = Process::new(&c, ["sh", "-c", &script]);
+        pending.start().await.unwrap();
+
+        let mut running = Process::new(&c, ["sleep", "60"]);
+        running.start().await.unwrap();
+        (
+            finished.id().unwrap().to_owned(),
+            pending.id().unwrap().to_owned(),
+            running.id().unwrap().to_owned(),
+        )
+    };
+
+    tc.kill_server();
+    // Exits while the coordinator is down: the node journals it and reports
+    // it after reconnecting.
+    release(&gate);
+    tc.start_server();
+    tc.agent("node-a")
+        .wait_line("registered with the coordinator", Duration::from_secs(20));
+
+    let c = tc.client().await;
+    let finished = c.get(&finished_id).await.unwrap();
+    assert_eq!(finished.state, ProcessState::Stopped as i32);
+    assert_eq!(finished.exitcode, Some(4));
+
+    let mut pending = Process::attach(&c, &pending_id).await.unwrap();
+    pending.join(Some(Duration::from_secs(20))).await.unwrap();
+    assert_eq!(pending.exitcode(), Some(7));
+
+    let mut running = Process::attach(&c, &running_id).await.unwrap();
+    assert!(running.is_alive().await.unwrap());
+    running.terminate().await.unwrap();
+    running.join(Some(Duration::from_secs(20))).await.unwrap();
+    assert_eq!(running.exitcode(), Some(-15));
+
+    // The idempotency key survived too: retrying the first start launches nothing.
+    let mut retry = Process::new(&c, ["sh", "-c", "exit 4"]).request_id("finished-once");
+    retry.start().await.unwrap();
+    assert_eq!(retry.id(), Some(finished_id.as_str()));
+
+    let all = c.list(true).await.unwrap();
+    assert_eq!(all.len(), 3);
+    // The CLI sees the same table.
+    let o = tc.cli(&["ps", "-a"]);
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&finished_id) && l.contains("stopped") && l.contains(" 4 ")),
+        "{table}"
+    );
+}
