@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, RwLock};
 
 use crate::config::AgentConfig;
 use crate::launcher::{LauncherClient, LauncherError, LauncherEvent};
+use crate::output_watch::OutputWatcher;
 use crate::session::{self, Ctx};
 use crate::state::NodeState;
 
@@ -104,10 +105,15 @@ pub async fn run(
         launcher_dir,
         config.launcher_cmd.clone(),
     ));
+    let output_watcher = OutputWatcher::start().map_err(|source| AgentError::DataDir {
+        path: procs_dir.clone(),
+        source,
+    })?;
     let ctx = Ctx {
         config: Arc::clone(&config),
         state,
         launcher,
+        watcher: output_watcher,
         procs_dir,
     };
     tokio::pin!(shutdown);

@@ -8,12 +8,14 @@
 //! - the **agent daemon** ([`daemon`]): keeps one authenticated gRPC stream to the
 //!   coordinator ([`session`]), turns its commands into launcher requests, reports
 //!   launches and exits (re-sending unacknowledged exits after any reconnect), and
-//!   serves process output ([`logs`]).
+//!   serves process output ([`logs`], woken by one shared inotify instance in
+//!   `output_watch`).
 
 pub mod config;
 pub mod daemon;
 pub mod launcher;
 pub mod logs;
+mod output_watch;
 mod session;
 mod state;
 

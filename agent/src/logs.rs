@@ -5,15 +5,16 @@
 //! process to exit; once it has exited, a last read drains the files (the
 //! launcher copies everything a process wrote before reporting its exit) and
 //! the stream ends.
+//!
+//! Changes are seen through the agent's one [`OutputWatcher`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use futures::StreamExt;
-use inotify::{Inotify, WatchMask};
 use mpctl_proto::v1::{agent_message::Msg, LogData, LogStream};
 use tokio::io::AsyncReadExt;
 
+use crate::output_watch::{OutputWatcher, Subscription};
 use crate::state::NodeState;
 
 const CHUNK: usize = 64 * 1024;
@@ -61,13 +62,14 @@ impl Source {
 /// Streams the output of `id` as `LogData` for `request_id` until done.
 pub async fn serve(
     state: Arc<NodeState>,
+    watcher: Arc<OutputWatcher>,
     procs_dir: PathBuf,
     id: String,
     request_id: u64,
     which: LogStream,
     follow: bool,
 ) {
-    let result = serve_inner(&state, &procs_dir, &id, request_id, which, follow).await;
+    let result = serve_inner(&state, &watcher, &procs_dir, &id, request_id, which, follow).await;
     state.send(Msg::LogData(LogData {
         request_id,
         stream: which as i32,
@@ -82,6 +84,7 @@ pub async fn serve(
 
 async fn serve_inner(
     state: &NodeState,
+    watcher: &Arc<OutputWatcher>,
     procs_dir: &Path,
     id: &str,
     request_id: u64,
@@ -116,16 +119,8 @@ async fn serve_inner(
         }
         return Ok(());
     }
-    // Watch the directory: the files may not exist yet while launching.
-    let inotify = Inotify::init()?;
-    let dir = procs_dir.join(id);
-    tokio::fs::create_dir_all(&dir).await?;
-    inotify.watches().add(
-        &dir,
-        WatchMask::MODIFY | WatchMask::CREATE | WatchMask::CLOSE_WRITE,
-    )?;
-    let mut events = inotify.into_event_stream([0u8; 4096])?;
     let mut exits = state.exit_events();
+    let mut subscription: Option<Subscription> = None;
     loop {
         exits.borrow_and_update();
         let live = state.is_live(id);
@@ -135,12 +130,16 @@ async fn serve_inner(
         if !live {
             return Ok(());
         }
+        let Some(sub) = &subscription else {
+            // The directory exists once the launch was asked for; output
+            // written before the watch existed is read on the next round.
+            let dir = procs_dir.join(id);
+            tokio::fs::create_dir_all(&dir).await?;
+            subscription = Some(watcher.subscribe(&dir)?);
+            continue;
+        };
         tokio::select! {
-            ev = events.next() => {
-                if ev.is_none() {
-                    return Ok(());
-                }
-            }
+            _ = sub.changed.notified() => {}
             changed = exits.changed() => {
                 if changed.is_err() {
                     return Ok(());

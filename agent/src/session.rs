@@ -20,6 +20,7 @@ use crate::config::AgentConfig;
 use crate::daemon::{AgentError, Launcher};
 use crate::launcher::{LaunchError, LaunchSpec};
 use crate::logs;
+use crate::output_watch::OutputWatcher;
 use crate::state::NodeState;
 
 /// Environment variables a process gets from the node (everything else it
@@ -33,6 +34,7 @@ pub struct Ctx {
     pub config: Arc<AgentConfig>,
     pub state: Arc<NodeState>,
     pub launcher: Launcher,
+    pub watcher: Arc<OutputWatcher>,
     pub procs_dir: PathBuf,
 }
 
@@ -175,6 +177,7 @@ async fn serve(
                 let which = LogStream::try_from(r.stream).unwrap_or(LogStream::Both);
                 let task = tokio::spawn(logs::serve(
                     Arc::clone(&ctx.state),
+                    Arc::clone(&ctx.watcher),
                     ctx.procs_dir.clone(),
                     r.process_id,
                     r.request_id,

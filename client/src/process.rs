@@ -215,7 +215,8 @@ impl Process {
             return Ok(false);
         };
         self.check_open()?;
-        if is_settled(state_of(info)) {
+        // Stopped and failed are final; a lost process may come back.
+        if matches!(state_of(info), ProcessState::Stopped | ProcessState::Failed) {
             return Ok(false);
         }
         let id = info.id.clone();
