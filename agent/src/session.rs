@@ -9,7 +9,7 @@ use std::time::Duration;
 use mpctl_proto::v1::{
     agent_message::Msg, agent_service_client::AgentServiceClient,
     coordinator_message::Msg as FromCoordinator, AgentMessage, Heartbeat, Launch, LaunchFailed,
-    Launched, LogStream, Register,
+    Launched, LogStream, Register, Signaled,
 };
 use mpctl_transport::Role;
 use tokio::sync::mpsc;
@@ -159,11 +159,25 @@ async fn serve(
             }
             Some(FromCoordinator::Signal(s)) => {
                 let launcher = ctx.launcher.clone();
+                let state = Arc::clone(&ctx.state);
                 tokio::spawn(async move {
                     let client = launcher.get().await;
-                    if let Err(e) = client.signal(&s.process_id, s.signo, s.tree).await {
-                        tracing::warn!(process = %s.process_id, signo = s.signo, error = %e, "signal not delivered");
-                    }
+                    let (delivered, error) = match client
+                        .signal(&s.process_id, s.signo, s.tree)
+                        .await
+                    {
+                        Ok(delivered) => (delivered, String::new()),
+                        Err(e) => {
+                            tracing::warn!(process = %s.process_id, signo = s.signo, error = %e, "signal not delivered");
+                            (false, e.to_string())
+                        }
+                    };
+                    state.send(Msg::Signaled(Signaled {
+                        request_id: s.request_id,
+                        process_id: s.process_id,
+                        delivered,
+                        error,
+                    }));
                 });
             }
             Some(FromCoordinator::AckExit(a)) => {

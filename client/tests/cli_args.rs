@@ -59,7 +59,11 @@ fn keygen_writes_a_private_key_and_never_overwrites() {
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(125));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to overwrite"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("refusing to overwrite") && err.contains("--force"),
+        "{err}"
+    );
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
 
     let o = mpctl()

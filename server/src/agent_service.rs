@@ -96,5 +96,6 @@ async fn handle(core: &Arc<Core>, agent: &str, generation: u64, msg: AgentMessag
         Some(Msg::LaunchFailed(f)) => core.launch_failed(agent, &f.process_id, &f.error).await,
         Some(Msg::Exited(e)) => core.exited(agent, generation, e).await,
         Some(Msg::LogData(d)) => core.handle_log_data(d),
+        Some(Msg::Signaled(s)) => core.signaled(agent, s),
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use mpctl_proto::v1::{
     coordinator_message::Msg as ToAgent, AckExit, AgentInfo, AgentState, CoordinatorMessage,
     Exited, Launch, LogChunk, LogData, LogStream, ProcessInfo, ProcessState, ReadLogs, Register,
-    Registered, Signal, StartMethod, StartRequest,
+    Registered, Signal, Signaled, StartMethod, StartRequest,
 };
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
@@ -20,7 +20,8 @@ use tonic::Status;
 use crate::placement::{self, Decision};
 use crate::store::{Batch, Op, Pending, Store};
 use crate::table::{
-    is_active, is_settled, AgentEntry, LogReceiver, LogRoute, ProcRecord, Session, Table,
+    is_active, is_settled, AgentEntry, LogReceiver, LogRoute, PendingSignal, ProcRecord, Session,
+    Table,
 };
 use crate::validate;
 
@@ -45,6 +46,8 @@ impl Default for Timings {
 /// How long Start waits for the agent to confirm a launch before returning
 /// the process as `LAUNCHING`.
 const START_CONFIRM: Duration = Duration::from_secs(30);
+/// How long Terminate/Kill wait for the node to confirm the signal.
+const SIGNAL_CONFIRM: Duration = Duration::from_secs(10);
 
 pub struct Core {
     table: Mutex<Table>,
@@ -343,14 +346,26 @@ impl Core {
         Ok(found.unwrap_or_else(|| ready(&self.lock())))
     }
 
-    /// terminate()/kill(): the process only, or its tree. A stopped process is
-    /// left alone (not an error), a queued one is dropped from the queue and
-    /// stopped with `-signo` as if it had died at once.
+    /// terminate()/kill(): the process only, or its tree; returns once the
+    /// node has sent the signal, as CPython's do. A stopped process is left
+    /// alone (not an error); a queued one is dropped from the queue and
+    /// stopped with `-signo` as if it had died at once; a launch in flight is
+    /// confirmed first, so the signal cannot overtake it.
     pub async fn signal(&self, id: &str, signo: i32, tree: bool) -> Result<ProcessInfo, Status> {
-        let pending = {
+        self.get(id)?;
+        let deadline = Instant::now() + START_CONFIRM;
+        self.wait_until(Some(deadline), |t| {
+            t.procs
+                .get(id)
+                .filter(|r| r.state() != ProcessState::Launching)
+                .map(|_| ())
+        })
+        .await;
+        let (pending, confirm) = {
             let mut t = self.lock();
             let rec = t.procs.get(id).ok_or_else(|| not_found(id))?;
             let mut fx = Effects::new();
+            let mut confirm = None;
             match rec.state() {
                 ProcessState::Queued => {
                     t.queue.retain(|q| q != id);
@@ -368,12 +383,24 @@ impl Core {
                             "process {id} runs on node {node}, which is not connected; the signal was not sent (retry when `mpctl agents` shows {node} ready)"
                         )));
                     };
+                    let request_id = t.next_request;
+                    t.next_request += 1;
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    t.pending_signals.insert(
+                        request_id,
+                        PendingSignal {
+                            node: node.clone(),
+                            tx,
+                        },
+                    );
+                    confirm = Some((request_id, node, rx));
                     fx.send(
                         &session,
                         ToAgent::Signal(Signal {
                             process_id: id.to_owned(),
                             signo,
                             tree,
+                            request_id,
                         }),
                     );
                 }
@@ -385,10 +412,49 @@ impl Core {
                 }
                 _ => {}
             }
-            self.finish(t, fx)
+            (self.finish(t, fx), confirm)
         };
         Self::durable(pending).await?;
+        if let Some((request_id, node, rx)) = confirm {
+            match tokio::time::timeout(SIGNAL_CONFIRM, rx).await {
+                Ok(Ok(Ok(_delivered))) => {}
+                Ok(Ok(Err(error))) => {
+                    return Err(Status::unavailable(format!(
+                        "node {node} could not signal process {id}: {error}"
+                    )))
+                }
+                Ok(Err(_)) => {
+                    return Err(Status::unavailable(format!(
+                        "node {node} disconnected before confirming the signal to process {id}"
+                    )))
+                }
+                Err(_) => {
+                    self.lock().pending_signals.remove(&request_id);
+                    return Err(Status::deadline_exceeded(format!(
+                        "node {node} did not confirm the signal to process {id} within {} s",
+                        SIGNAL_CONFIRM.as_secs()
+                    )));
+                }
+            }
+        }
         self.get(id)
+    }
+
+    /// The node's answer to a Signal.
+    pub fn signaled(&self, agent: &str, s: Signaled) {
+        let mut t = self.lock();
+        if t.pending_signals
+            .get(&s.request_id)
+            .is_some_and(|p| p.node == agent)
+        {
+            let pending = t.pending_signals.remove(&s.request_id).expect("checked");
+            let answer = if s.error.is_empty() {
+                Ok(s.delivered)
+            } else {
+                Err(s.error)
+            };
+            let _ = pending.tx.send(answer);
+        }
     }
 
     pub fn agents(&self) -> Vec<AgentInfo> {
@@ -427,8 +493,8 @@ impl Core {
                     "the output of {id} is on node {node}, which is not connected"
                 ))
             })?;
-        let request_id = t.next_log_request;
-        t.next_log_request += 1;
+        let request_id = t.next_request;
+        t.next_request += 1;
         // Unbounded: the agent caps each output file, so one request holds at
         // most that much, and a slow reader never stalls the agent's stream.
         let (tx, rx) = mpsc::unbounded_channel();
@@ -677,6 +743,8 @@ impl Core {
                 ))));
             }
         }
+        // Dropping their senders answers the waiting signals: disconnected.
+        t.pending_signals.retain(|_, p| p.node != agent);
         drop(t);
         self.changed.send_modify(|g| *g = g.wrapping_add(1));
         self.schedule_lease_check(agent.to_owned(), remaining);

@@ -51,6 +51,12 @@ pub struct LogRoute {
     pub tx: LogSender,
 }
 
+/// A Terminate/Kill waiting for its node to confirm the signal was sent.
+pub struct PendingSignal {
+    pub node: String,
+    pub tx: tokio::sync::oneshot::Sender<Result<bool, String>>,
+}
+
 pub struct Table {
     pub procs: HashMap<String, ProcRecord>,
     pub by_request: HashMap<String, String>,
@@ -59,7 +65,9 @@ pub struct Table {
     pub next_number: u64,
     pub next_generation: u64,
     pub log_routes: HashMap<u64, LogRoute>,
-    pub next_log_request: u64,
+    pub pending_signals: HashMap<u64, PendingSignal>,
+    /// Ids of requests to agents (log reads, signals).
+    pub next_request: u64,
 }
 
 /// Sentinel ready: the process will not change any more by itself.
@@ -85,7 +93,8 @@ impl Table {
             next_number: loaded.next_number,
             next_generation: 1,
             log_routes: HashMap::new(),
-            next_log_request: 1,
+            pending_signals: HashMap::new(),
+            next_request: 1,
         };
         for mut info in loaded.agents {
             // Nobody is connected yet; the lease clock restarts with us.

@@ -72,3 +72,19 @@ async fn coordinator_sigkill_and_restart() {
         "{table}"
     );
 }
+
+/// terminate() returns once the node has sent the signal: killing the agent
+/// daemon right after it cannot lose it, and the code comes back after the
+/// agent restarts (the launcher journaled it meanwhile).
+#[tokio::test(flavor = "multi_thread")]
+async fn terminate_is_sent_before_it_returns() {
+    let mut tc = TestCluster::with_agent(2);
+    let c = tc.client().await;
+    let mut p = Process::new(&c, ["sleep", "30"]);
+    p.start().await.unwrap();
+    p.terminate().await.unwrap();
+    tc.kill_agent("node-a");
+    tc.start_agent("node-a", 2, &[]);
+    p.join(Some(Duration::from_secs(20))).await.unwrap();
+    assert_eq!(p.exitcode(), Some(-15));
+}

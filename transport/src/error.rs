@@ -111,9 +111,9 @@ pub enum TransportError {
     #[error("{addr} does not speak the mpctl handshake: {reason}")]
     Protocol { addr: String, reason: String },
 
-    /// Client side: the server rejected this client's proof.
+    /// Client side: the server rejected this connection's proof.
     #[error(
-        "authentication failed: {addr} rejected this client's proof for role {role}; the authkey file does not match the cluster's (check MPCTL_AUTHKEY_FILE / --authkey-file)"
+        "authentication failed: {addr} rejected this connection's proof for role {role}; the authkey file does not match the cluster's (check MPCTL_AUTHKEY_FILE / --authkey-file)"
     )]
     Rejected { addr: String, role: Role },
 

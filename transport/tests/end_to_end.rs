@@ -69,7 +69,7 @@ async fn wrong_authkey_is_rejected_clearly_and_not_yielded() {
         assert_eq!(
             err.to_string(),
             format!(
-                "authentication failed: {addr} rejected this client's proof for role client; the authkey file does not match the cluster's (check MPCTL_AUTHKEY_FILE / --authkey-file)"
+                "authentication failed: {addr} rejected this connection's proof for role client; the authkey file does not match the cluster's (check MPCTL_AUTHKEY_FILE / --authkey-file)"
             )
         );
         // A good client afterwards is the first and only yielded connection.

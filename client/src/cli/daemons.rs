@@ -285,7 +285,13 @@ pub async fn dev(g: &Global, a: DevArgs) -> anyhow::Result<i32> {
 
 pub fn keygen(a: KeygenArgs) -> anyhow::Result<i32> {
     let path = a.out.unwrap_or_else(|| config_dir().join("authkey"));
-    AuthKey::write_new(&path, a.force)?;
+    match AuthKey::write_new(&path, a.force) {
+        Ok(_) => {}
+        Err(e @ mpctl_transport::TransportError::AuthKeyExists { .. }) => {
+            anyhow::bail!("{e} (pass --force to replace it)")
+        }
+        Err(e) => return Err(e.into()),
+    }
     println!("{}", path.display());
     Ok(0)
 }

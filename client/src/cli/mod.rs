@@ -110,6 +110,7 @@ fn init_tracing(default: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -140,7 +141,7 @@ pub fn main() -> i32 {
         match dispatch(cli).await {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("mpctl: {e:#}");
+                eprintln!("mpctl: {}", report(&e));
                 EXIT_MPCTL
             }
         }
@@ -166,6 +167,20 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Keygen(a) => daemons::keygen(a),
         Command::Launcher(_) => unreachable!("handled before the runtime starts"),
     }
+}
+
+/// The error and its causes on one line, each cause once: many of our errors
+/// already name their cause in their own message.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// The exit status a shell expects for a process's exit code.
