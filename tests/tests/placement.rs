@@ -74,8 +74,8 @@ async fn a_full_agent_queues_then_runs_in_order() {
     assert_eq!(b.info().unwrap().node, "node-a");
     assert!(b.pid().is_some());
     assert_ne!(b.pid(), a.pid());
-    let info = b.info().unwrap();
-    assert!(info.started_unix_ms >= a.info().unwrap().stopped_unix_ms);
+    // (That B ran only after A is shown above by B staying queued while A held
+    // the slot; wall-clock stamps are not compared, the clock may step.)
     assert_eq!(used(&c.agents().await.unwrap(), "node-a"), 0);
 }
 
