@@ -3,17 +3,20 @@
 
 use std::ffi::OsString;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mpctl_proto::bootstrap::MAX_RESULT;
+use mpctl_proto::v1::Exited;
 use tokio::sync::{mpsc, RwLock};
 
 use crate::config::AgentConfig;
-use crate::launcher::{LauncherClient, LauncherError, LauncherEvent};
+use crate::launcher::{ExitRecord, LauncherClient, LauncherError, LauncherEvent};
+use crate::logs;
 use crate::output_watch::OutputWatcher;
 use crate::session::{self, Ctx};
-use crate::state::NodeState;
+use crate::state::{exited_message, NodeState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -94,7 +97,7 @@ pub async fn run(
     let (client, hello, events) =
         LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
     let state = Arc::new(NodeState::new());
-    state.adopt(&hello);
+    state.adopt(&hello.running, exit_reports(&procs_dir, hello.exited).await);
     let launcher = Launcher {
         inner: Arc::new(RwLock::new(client)),
     };
@@ -104,6 +107,7 @@ pub async fn run(
         launcher.clone(),
         launcher_dir,
         config.launcher_cmd.clone(),
+        procs_dir.clone(),
     ));
     let output_watcher = OutputWatcher::start().map_err(|source| AgentError::DataDir {
         path: procs_dir.clone(),
@@ -154,11 +158,12 @@ async fn watch_launcher(
     launcher: Launcher,
     dir: PathBuf,
     cmd: Vec<OsString>,
+    procs_dir: PathBuf,
 ) {
     loop {
         while let Some(event) = events.recv().await {
             match event {
-                LauncherEvent::Exited(e) => state.exited(e),
+                LauncherEvent::Exited(e) => state.exited(exit_report(&procs_dir, e).await),
                 LauncherEvent::Disconnected(reason) => {
                     tracing::error!(%reason, "lost the connection to the node's launcher; reattaching");
                     break;
@@ -170,7 +175,7 @@ async fn watch_launcher(
             match LauncherClient::connect_or_start(&dir, &cmd).await {
                 Ok((client, hello, new_events)) => {
                     *launcher.inner.write().await = client;
-                    state.adopt(&hello);
+                    state.adopt(&hello.running, exit_reports(&procs_dir, hello.exited).await);
                     events = new_events;
                     break;
                 }
@@ -182,4 +187,29 @@ async fn watch_launcher(
             }
         }
     }
+}
+
+/// An exit as the coordinator gets it: with the function target's result,
+/// which the launcher captured into the process's output directory.
+async fn exit_report(procs_dir: &Path, e: ExitRecord) -> Exited {
+    let path = logs::result_path(procs_dir, &e.id);
+    let result = match tokio::fs::read(&path).await {
+        // Empty: the function did not return (a return writes at least `null`).
+        Ok(bytes) if bytes.is_empty() => None,
+        Ok(bytes) if bytes.len() <= MAX_RESULT => Some(bytes),
+        Ok(bytes) => {
+            tracing::warn!(process = %e.id, len = bytes.len(), "result over the limit; dropped");
+            None
+        }
+        Err(_) => None,
+    };
+    exited_message(&e, result)
+}
+
+async fn exit_reports(procs_dir: &Path, exits: Vec<ExitRecord>) -> Vec<Exited> {
+    let mut out = Vec::with_capacity(exits.len());
+    for e in exits {
+        out.push(exit_report(procs_dir, e).await);
+    }
+    out
 }

@@ -25,6 +25,11 @@ pub fn output_paths(procs_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
     (dir.join("stdout"), dir.join("stderr"))
 }
 
+/// Where a function target's result is kept.
+pub fn result_path(procs_dir: &Path, id: &str) -> PathBuf {
+    procs_dir.join(id).join("result")
+}
+
 struct Source {
     stream: LogStream,
     path: PathBuf,

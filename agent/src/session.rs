@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mpctl_proto::bootstrap::{self, Preparation};
 use mpctl_proto::v1::{
     agent_message::Msg, agent_service_client::AgentServiceClient,
     coordinator_message::Msg as FromCoordinator, AgentMessage, Heartbeat, Launch, LaunchFailed,
@@ -18,7 +19,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::config::AgentConfig;
 use crate::daemon::{AgentError, Launcher};
-use crate::launcher::{LaunchError, LaunchSpec};
+use crate::launcher::{Bootstrap, LaunchError, LaunchSpec};
 use crate::logs;
 use crate::output_watch::OutputWatcher;
 use crate::state::NodeState;
@@ -211,7 +212,12 @@ async fn serve(
     }
 }
 
-fn child_env(config: &AgentConfig, l: &Launch) -> Vec<(String, String)> {
+fn child_env(
+    config: &AgentConfig,
+    id: &str,
+    name: &str,
+    extra: &HashMap<String, String>,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = BASE_ENV
         .iter()
         .filter_map(|k| std::env::var(k).ok().map(|v| ((*k).to_owned(), v)))
@@ -219,15 +225,13 @@ fn child_env(config: &AgentConfig, l: &Launch) -> Vec<(String, String)> {
     if !env.iter().any(|(k, _)| k == "PATH") {
         env.push(("PATH".into(), DEFAULT_PATH.into()));
     }
-    if let Some(cmd) = &l.command {
-        for (k, v) in &cmd.env {
-            env.retain(|(ek, _)| ek != k);
-            env.push((k.clone(), v.clone()));
-        }
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k.clone(), v.clone()));
     }
     for (k, v) in [
-        ("MPCTL_PROCESS_ID", l.process_id.as_str()),
-        ("MPCTL_PROCESS_NAME", l.name.as_str()),
+        ("MPCTL_PROCESS_ID", id),
+        ("MPCTL_PROCESS_NAME", name),
         ("MPCTL_NODE", config.name.as_str()),
     ] {
         env.retain(|(ek, _)| ek != k);
@@ -266,17 +270,67 @@ async fn launch(
     }
 }
 
+/// What to run: the command, or the function target's program in bootstrap
+/// mode with its preparation data.
+struct Target {
+    argv: Vec<String>,
+    env: HashMap<String, String>,
+    cwd: String,
+    bootstrap: Option<String>,
+}
+
+fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
+    match (&l.command, &l.function) {
+        (Some(c), _) => Ok(Target {
+            argv: c.argv.clone(),
+            env: c.env.clone(),
+            cwd: c.cwd.clone(),
+            bootstrap: None,
+        }),
+        (None, Some(f)) => {
+            let args = String::from_utf8(f.args.clone())
+                .map_err(|_| "the function's arguments are not UTF-8 JSON".to_owned())?;
+            let prep = Preparation {
+                version: bootstrap::VERSION,
+                id: l.process_id.clone(),
+                name: l.name.clone(),
+                node: config.name.clone(),
+                parent_id: String::new(),
+                function: f.function.clone(),
+                args,
+                start_method: "spawn".into(),
+            };
+            let mut argv = vec![f.program.clone()];
+            argv.extend(f.program_args.iter().cloned());
+            let mut env = f.env.clone();
+            env.insert(
+                bootstrap::ENV_BOOTSTRAP.into(),
+                format!("{},{}", bootstrap::PREP_FD, bootstrap::RESULT_FD),
+            );
+            Ok(Target {
+                argv,
+                env,
+                cwd: f.cwd.clone(),
+                bootstrap: Some(
+                    serde_json::to_string(&prep).map_err(|e| format!("preparation data: {e}"))?,
+                ),
+            })
+        }
+        (None, None) => Err("the launch names no command and no function".into()),
+    }
+}
+
 async fn launch_inner(
     config: &AgentConfig,
     launcher: &Launcher,
     procs_dir: &Path,
     l: &Launch,
 ) -> Result<crate::launcher::Launched, String> {
-    let cmd = l.command.clone().unwrap_or_default();
-    let cwd = if cmd.cwd.is_empty() {
+    let target = target(config, l)?;
+    let cwd = if target.cwd.is_empty() {
         config.work_dir.clone()
     } else {
-        PathBuf::from(&cmd.cwd)
+        PathBuf::from(&target.cwd)
     };
     if !cwd.is_dir() {
         return Err(format!(
@@ -292,8 +346,8 @@ async fn launch_inner(
     }
     let spec = LaunchSpec {
         id: l.process_id.clone(),
-        argv: cmd.argv.clone(),
-        env: child_env(config, l),
+        argv: target.argv,
+        env: child_env(config, &l.process_id, &l.name, &target.env),
         cwd: Some(cwd),
         stdout_path,
         stderr_path,
@@ -302,6 +356,12 @@ async fn launch_inner(
         } else {
             l.log_limit_bytes
         },
+        bootstrap: target.bootstrap.map(|prep| Bootstrap {
+            prep,
+            result_path: logs::result_path(procs_dir, &l.process_id),
+            // One byte over the limit shows a result that was too large.
+            result_limit: bootstrap::MAX_RESULT as u64 + 1,
+        }),
     };
     let client = launcher.get().await;
     match client.launch(spec).await {

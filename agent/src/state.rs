@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use mpctl_proto::v1::{agent_message::Msg, AgentMessage, Exited, RunningProcess};
 use tokio::sync::{mpsc, watch};
 
-use crate::launcher::{ExitRecord, Hello};
+use crate::launcher::{ExitRecord, RunningRecord};
 
 pub type SessionTx = mpsc::UnboundedSender<AgentMessage>;
 
@@ -20,7 +20,7 @@ struct Inner {
     running: HashMap<String, i32>,
     launching: HashSet<String>,
     exited_while_launching: HashSet<String>,
-    unacked: BTreeMap<String, ExitRecord>,
+    unacked: BTreeMap<String, Exited>,
     session: Option<SessionTx>,
 }
 
@@ -29,12 +29,15 @@ pub struct NodeState {
     exits: watch::Sender<u64>,
 }
 
-pub fn exited_message(e: &ExitRecord) -> Exited {
+/// An exit as reported to the coordinator; `result` is what a function
+/// target returned.
+pub fn exited_message(e: &ExitRecord, result: Option<Vec<u8>>) -> Exited {
     Exited {
         process_id: e.id.clone(),
         pid: e.pid,
         exitcode: e.exitcode,
         at_unix_ms: e.at_unix_ms,
+        result,
     }
 }
 
@@ -52,20 +55,17 @@ impl NodeState {
 
     /// Takes the launcher's view after (re)connecting to it; exits not seen
     /// before are reported on the current session.
-    pub fn adopt(&self, hello: &Hello) {
+    pub fn adopt(&self, running: &[RunningRecord], exited: Vec<Exited>) {
         let mut g = self.lock();
-        g.running = hello
-            .running
-            .iter()
-            .map(|r| (r.id.clone(), r.pid))
-            .collect();
-        for e in &hello.exited {
-            if g.unacked.insert(e.id.clone(), e.clone()).is_none() {
+        g.running = running.iter().map(|r| (r.id.clone(), r.pid)).collect();
+        for e in exited {
+            if !g.unacked.contains_key(&e.process_id) {
                 if let Some(tx) = &g.session {
                     let _ = tx.send(AgentMessage {
-                        msg: Some(Msg::Exited(exited_message(e))),
+                        msg: Some(Msg::Exited(e.clone())),
                     });
                 }
+                g.unacked.insert(e.process_id.clone(), e);
             }
         }
         drop(g);
@@ -84,7 +84,7 @@ impl NodeState {
                 pid: *pid,
             })
             .collect();
-        let exited = g.unacked.values().map(exited_message).collect();
+        let exited = g.unacked.values().cloned().collect();
         (running, exited)
     }
 
@@ -114,18 +114,18 @@ impl NodeState {
     }
 
     /// An exit from the launcher: remember it until acknowledged and report it.
-    pub fn exited(&self, e: ExitRecord) {
+    pub fn exited(&self, e: Exited) {
         let mut g = self.lock();
-        g.running.remove(&e.id);
-        if g.launching.contains(&e.id) {
-            g.exited_while_launching.insert(e.id.clone());
+        g.running.remove(&e.process_id);
+        if g.launching.contains(&e.process_id) {
+            g.exited_while_launching.insert(e.process_id.clone());
         }
         if let Some(tx) = &g.session {
             let _ = tx.send(AgentMessage {
-                msg: Some(Msg::Exited(exited_message(&e))),
+                msg: Some(Msg::Exited(e.clone())),
             });
         }
-        g.unacked.insert(e.id.clone(), e);
+        g.unacked.insert(e.process_id.clone(), e);
         drop(g);
         self.exits.send_modify(|n| *n = n.wrapping_add(1));
     }

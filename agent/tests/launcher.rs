@@ -82,6 +82,7 @@ impl Node {
             stdout_path: self.path().join(format!("{id}.out")),
             stderr_path: self.path().join(format!("{id}.err")),
             log_limit_bytes: 1 << 20,
+            bootstrap: None,
         }
     }
 

@@ -27,6 +27,10 @@ pub enum Error {
         code: tonic::Code,
         message: String,
     },
+    #[error("cannot encode {what} as JSON: {message}")]
+    Encode { what: String, message: String },
+    #[error("cannot decode {what}: {message}")]
+    Decode { what: String, message: String },
     #[error(transparent)]
     Transport(#[from] TransportError),
     #[error("configuration: {0}")]

@@ -7,6 +7,8 @@
 //!   `join(timeout)`, `is_alive`, `exitcode`, `pid`, `name`, `terminate`,
 //!   `kill`, `sentinel`, `close`; [`wait`] mirrors
 //!   `multiprocessing.connection.wait` across nodes.
+//! - [`runtime`] lets a program serve function targets: register functions,
+//!   call `Runtime::init()` early in `main`.
 //! - [`Error`] ([`error`]) carries CPython's misuse errors and the cluster's.
 //!
 //! The `mpctl` binary (src/main.rs, src/cli/) is built on this API.
@@ -17,6 +19,7 @@ pub mod config;
 pub mod embedded;
 pub mod error;
 pub mod process;
+pub mod runtime;
 
 pub use cluster::Cluster;
 pub use config::{ClusterConfig, Overrides};

@@ -4,9 +4,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use mpctl_proto::v1::{
-    CommandTarget, JoinRequest, LogStream, LogsRequest, Placement, ProcessInfo, ProcessState,
-    SignalRequest, StartMethod, StartRequest, WaitMode, WaitRequest,
+    CommandTarget, FunctionTarget, JoinRequest, LogStream, LogsRequest, Placement, ProcessInfo,
+    ProcessState, SignalRequest, StartMethod, StartRequest, WaitMode, WaitRequest,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
@@ -92,6 +94,57 @@ impl Process {
         }
     }
 
+    /// A process that runs `function`, registered with
+    /// [`crate::runtime::Runtime`] in this program, with `args` (serialized
+    /// as JSON): the analogue of `Process(target=f, args=...)`. The node runs
+    /// this program's executable (same path; see [`Process::program`]) in
+    /// bootstrap mode.
+    pub fn function<A: Serialize>(cluster: &Cluster, function: &str, args: &A) -> Result<Process> {
+        let program = std::env::current_exe()
+            .map_err(|e| Error::Config(format!("cannot find this program's path: {e}")))?;
+        let args = serde_json::to_vec(args).map_err(|e| Error::Encode {
+            what: format!("the argument of {function}"),
+            message: e.to_string(),
+        })?;
+        Ok(Process {
+            cluster: cluster.clone(),
+            request: StartRequest {
+                request_id: new_request_id(),
+                function: Some(FunctionTarget {
+                    program: program.to_string_lossy().into_owned(),
+                    function: function.to_owned(),
+                    args,
+                    ..Default::default()
+                }),
+                placement: Some(Placement::default()),
+                start_method: StartMethod::Spawn as i32,
+                ..Default::default()
+            },
+            info: None,
+            closed: false,
+        })
+    }
+
+    /// For a function target: the program on the node that registers the
+    /// function (default: this program's path).
+    pub fn program(mut self, path: impl Into<String>) -> Self {
+        if let Some(f) = &mut self.request.function {
+            f.program = path.into();
+        }
+        self
+    }
+
+    /// What a function target returned, once it has stopped (after `join`).
+    /// `None` before that, for command targets, and when the function did not
+    /// return (exit code other than 0).
+    pub fn result<R: DeserializeOwned>(&self) -> Option<Result<R>> {
+        let bytes = self.info.as_ref()?.result.as_ref()?;
+        Some(serde_json::from_slice(bytes).map_err(|e| Error::Decode {
+            what: format!("the result of {}", self.name()),
+            message: e.to_string(),
+        }))
+    }
+
     /// A handle on a process that already exists (started by anyone).
     pub async fn attach(cluster: &Cluster, id: &str) -> Result<Process> {
         let info = cluster.get(id).await?;
@@ -103,8 +156,21 @@ impl Process {
         })
     }
 
-    fn command(&mut self) -> &mut CommandTarget {
-        self.request.command.get_or_insert_with(Default::default)
+    /// The environment and working directory of whichever target this is.
+    fn target_env(&mut self) -> &mut HashMap<String, String> {
+        let r = &mut self.request;
+        match &mut r.function {
+            Some(f) => &mut f.env,
+            None => &mut r.command.get_or_insert_with(Default::default).env,
+        }
+    }
+
+    fn target_cwd(&mut self) -> &mut String {
+        let r = &mut self.request;
+        match &mut r.function {
+            Some(f) => &mut f.cwd,
+            None => &mut r.command.get_or_insert_with(Default::default).cwd,
+        }
     }
 
     fn placement(&mut self) -> &mut Placement {
@@ -118,12 +184,12 @@ impl Process {
     }
 
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.command().env.insert(key.into(), value.into());
+        self.target_env().insert(key.into(), value.into());
         self
     }
 
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
-        self.command().cwd = dir.into();
+        *self.target_cwd() = dir.into();
         self
     }
 

@@ -201,7 +201,15 @@ impl Core {
             let number = t.next_number;
             t.next_number += 1;
             fx.batch.ops.push(Op::NextNumber(t.next_number));
-            let command = req.command.clone().unwrap_or_default();
+            let (argv, cwd, function) = match (&req.command, &req.function) {
+                (Some(c), _) => (c.argv.clone(), c.cwd.clone(), String::new()),
+                (None, Some(f)) => {
+                    let mut argv = vec![f.program.clone()];
+                    argv.extend(f.program_args.iter().cloned());
+                    (argv, f.cwd.clone(), f.function.clone())
+                }
+                (None, None) => unreachable!("validated: a start has a target"),
+            };
             let info = ProcessInfo {
                 id: id.clone(),
                 name: if req.name.is_empty() {
@@ -212,8 +220,9 @@ impl Core {
                 state: ProcessState::Queued as i32,
                 daemon: req.daemon,
                 parent_id: req.parent_id.clone(),
-                argv: command.argv.clone(),
-                cwd: command.cwd.clone(),
+                argv,
+                cwd,
+                function,
                 created_unix_ms: now_ms(),
                 request_id: req.request_id.clone(),
                 start_method: StartMethod::Spawn as i32,
@@ -276,7 +285,10 @@ impl Core {
             .values()
             .filter(|r| all || !matches!(r.state(), ProcessState::Stopped | ProcessState::Failed))
             .filter(|r| node.is_empty() || r.info.node == node)
-            .map(|r| r.info.clone())
+            .map(|r| ProcessInfo {
+                result: None,
+                ..r.info.clone()
+            })
             .collect();
         out.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
         out
@@ -820,6 +832,7 @@ fn launch_message(rec: &ProcRecord) -> Launch {
         command: rec.request.command.clone(),
         log_limit_bytes: rec.request.log_limit_bytes,
         start_method: StartMethod::Spawn as i32,
+        function: rec.request.function.clone(),
     }
 }
 
@@ -867,6 +880,7 @@ fn apply_exit(t: &mut Table, agent: &str, session: &Session, ex: Exited, fx: &mu
         Some(rec) if rec.info.node == agent && rec.state() != ProcessState::Stopped => {
             rec.info.state = ProcessState::Stopped as i32;
             rec.info.exitcode = Some(ex.exitcode);
+            rec.info.result = ex.result.filter(|r| r.len() <= validate::MAX_RESULT);
             if ex.pid != 0 {
                 rec.info.pid = ex.pid;
             }

@@ -1,6 +1,8 @@
 //! Bounds on what arrives over the wire. Everything a client or agent sends is
 //! checked here before it touches the table, with a message naming the field.
 
+use std::collections::HashMap;
+
 use mpctl_proto::v1::{Register, StartMethod, StartRequest};
 use tonic::Status;
 
@@ -11,6 +13,7 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_WAIT_IDS: usize = 10_000;
 pub const MAX_SLOTS: u32 = 100_000;
+pub use mpctl_proto::bootstrap::{MAX_ARGS as MAX_FUNCTION_ARGS, MAX_RESULT};
 
 fn bad(msg: String) -> Status {
     Status::invalid_argument(msg)
@@ -36,51 +39,89 @@ pub fn start_request(req: &StartRequest) -> Result<(), Status> {
             "name and request_id are limited to {MAX_NAME} bytes"
         )));
     }
-    let Some(cmd) = &req.command else {
-        return Err(bad("a start needs a command target (argv)".into()));
-    };
-    if cmd.argv.is_empty() || cmd.argv[0].is_empty() {
-        return Err(bad(
-            "the command is empty: give the program and its arguments, e.g. `mpctl run -- echo hi`"
-                .into(),
-        ));
+    match (&req.command, &req.function) {
+        (Some(cmd), None) => {
+            if cmd.argv.is_empty() || cmd.argv[0].is_empty() {
+                return Err(bad(
+                    "the command is empty: give the program and its arguments, e.g. `mpctl run -- echo hi`".into(),
+                ));
+            }
+            target(&cmd.argv, &cmd.env, &cmd.cwd)?;
+        }
+        (None, Some(f)) => {
+            if f.program.is_empty() {
+                return Err(bad(
+                    "a function target needs the program that registers the function".into(),
+                ));
+            }
+            if f.function.is_empty() || f.function.len() > MAX_NAME {
+                return Err(bad(format!(
+                    "a function target needs the function's registered name (1 to {MAX_NAME} bytes)"
+                )));
+            }
+            if std::str::from_utf8(&f.args).is_err() {
+                return Err(bad(
+                    "the function's arguments must be JSON text (UTF-8)".into()
+                ));
+            }
+            if f.args.len() > MAX_FUNCTION_ARGS {
+                return Err(bad(format!(
+                    "the function's arguments take {} bytes serialized; the limit is {MAX_FUNCTION_ARGS}",
+                    f.args.len()
+                )));
+            }
+            let mut argv = vec![f.program.clone()];
+            argv.extend(f.program_args.iter().cloned());
+            target(&argv, &f.env, &f.cwd)?;
+        }
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "a start has either a command or a function target, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err(bad(
+                "a start needs a target: a command (argv) or a function".into(),
+            ))
+        }
     }
-    if cmd.argv.len() > MAX_ARGV || cmd.env.len() > MAX_ENV {
+    if let Some(p) = &req.placement {
+        if p.labels.len() > MAX_LABELS {
+            return Err(bad(format!("at most {MAX_LABELS} label selectors")));
+        }
+    }
+    Ok(())
+}
+
+/// Bounds shared by command and function targets.
+fn target(argv: &[String], env: &HashMap<String, String>, cwd: &str) -> Result<(), Status> {
+    if argv.len() > MAX_ARGV || env.len() > MAX_ENV {
         return Err(bad(format!(
             "the command has {} arguments and {} environment variables; the limits are {MAX_ARGV} and {MAX_ENV}",
-            cmd.argv.len(),
-            cmd.env.len()
+            argv.len(),
+            env.len()
         )));
     }
-    let bytes: usize = cmd.argv.iter().map(String::len).sum::<usize>()
-        + cmd
-            .env
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum::<usize>()
-        + cmd.cwd.len();
+    let bytes: usize = argv.iter().map(String::len).sum::<usize>()
+        + env.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        + cwd.len();
     if bytes > MAX_COMMAND_BYTES {
         return Err(bad(format!(
             "the command's arguments and environment take {bytes} bytes; the limit is {MAX_COMMAND_BYTES}"
         )));
     }
-    if let Some(a) = cmd.argv.iter().find(|a| a.contains('\0')) {
+    if let Some(a) = argv.iter().find(|a| a.contains('\0')) {
         return Err(bad(format!("argument {a:?} contains a NUL byte")));
     }
-    for k in cmd.env.keys() {
+    for k in env.keys() {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(bad(format!(
                 "environment variable name {k:?} is invalid (empty, or contains '=' or NUL)"
             )));
         }
     }
-    if cmd.env.values().any(|v| v.contains('\0')) || cmd.cwd.contains('\0') {
+    if env.values().any(|v| v.contains('\0')) || cwd.contains('\0') {
         return Err(bad("environment values and cwd may not contain NUL".into()));
-    }
-    if let Some(p) = &req.placement {
-        if p.labels.len() > MAX_LABELS {
-            return Err(bad(format!("at most {MAX_LABELS} label selectors")));
-        }
     }
     Ok(())
 }

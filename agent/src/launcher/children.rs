@@ -8,12 +8,12 @@
 //! pipes, and its own process group (so a `tree` signal reaches its
 //! descendants). Every descriptor of the launcher is close-on-exec.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use super::output::{create_log_file, OutPipe};
-use super::protocol::LaunchSpec;
+use super::protocol::{Bootstrap, LaunchSpec};
 use super::{log, sys};
 
 /// A freshly started child.
@@ -25,6 +25,53 @@ pub struct Spawned {
     pub pidfd: Option<OwnedFd>,
     pub stdout: OutPipe,
     pub stderr: OutPipe,
+    /// Function targets: the pipe the child writes its result to.
+    pub result: Option<OutPipe>,
+}
+
+/// The parent's ends of a function target's bootstrap pipes, prepared
+/// before the spawn.
+struct BootstrapPipes {
+    /// High-numbered copies the child `dup2`s to fds 3 and 4; dropped (closed
+    /// in the launcher) once the child exists.
+    child_prep: OwnedFd,
+    child_result: OwnedFd,
+    result_read: OwnedFd,
+    result_file: std::fs::File,
+}
+
+fn bootstrap_pipes(b: &Bootstrap) -> Result<BootstrapPipes, String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let io = |what: &str, e: nix::Error| format!("{what}: {e}");
+    let (prep_read, prep_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io("pipe", e))?;
+    let len = b.prep.len();
+    if len > 64 * 1024 {
+        fcntl(&prep_write, FcntlArg::F_SETPIPE_SZ(len as libc::c_int)).map_err(|e| {
+            format!(
+                "the preparation data ({len} bytes) does not fit in a pipe ({e}); pass smaller arguments"
+            )
+        })?;
+    }
+    // The pipe holds all of it, so these writes never block; closing the
+    // write end then gives the child EOF after the data.
+    let mut rest = b.prep.as_bytes();
+    while !rest.is_empty() {
+        let n = nix::unistd::write(&prep_write, rest)
+            .map_err(|e| io("writing the preparation data", e))?;
+        rest = &rest[n..];
+    }
+    drop(prep_write);
+    let (result_read, result_write) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io("pipe", e))?;
+    let result_file = create_log_file(&b.result_path)
+        .map_err(|e| format!("result file {}: {e}", b.result_path.display()))?;
+    Ok(BootstrapPipes {
+        child_prep: sys::dup_above(prep_read.as_fd()).map_err(|e| format!("dup: {e}"))?,
+        child_result: sys::dup_above(result_write.as_fd()).map_err(|e| format!("dup: {e}"))?,
+        result_read,
+        result_file,
+    })
 }
 
 /// Starts the process described by `spec`. The error is the OS reason
@@ -51,6 +98,14 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
         cmd.current_dir(cwd);
     }
     sys::clean_signals_on_spawn(&mut cmd);
+    let bootstrap = spec.bootstrap.as_ref().map(bootstrap_pipes).transpose()?;
+    if let Some(b) = &bootstrap {
+        sys::bootstrap_fds_on_spawn(
+            &mut cmd,
+            b.child_prep.as_raw_fd(),
+            b.child_result.as_raw_fd(),
+        );
+    }
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     // The pid stays ours until we reap it with waitpid; `child` is dropped
     // without waiting (dropping a std Child neither kills nor reaps).
@@ -82,7 +137,22 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
         // Cannot happen with Stdio::piped(); stay robust anyway.
         _ => Err("spawned without output pipes".to_owned()),
     };
-    let (stdout, stderr) = match pipes {
+    let pipes = pipes.and_then(|(o, e)| match (bootstrap, &spec.bootstrap) {
+        (Some(b), Some(spec)) => {
+            // The child has its copies now; the launcher keeps only the read end.
+            drop((b.child_prep, b.child_result));
+            OutPipe::new(
+                b.result_read,
+                b.result_file,
+                &spec.result_path,
+                spec.result_limit,
+            )
+            .map(|r| (o, e, Some(r)))
+            .map_err(|e| format!("result pipe: {e}"))
+        }
+        _ => Ok((o, e, None)),
+    });
+    let (stdout, stderr, result) = match pipes {
         Ok(p) => p,
         Err(e) => {
             // Never leave a process running that nobody tracks; it is reaped
@@ -96,6 +166,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
         pidfd,
         stdout,
         stderr,
+        result,
     })
 }
 

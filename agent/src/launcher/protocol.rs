@@ -32,6 +32,20 @@ pub struct LaunchSpec {
     pub stderr_path: PathBuf,
     /// Cap on the bytes kept in each of the two files.
     pub log_limit_bytes: u64,
+    /// Function targets: the bootstrap's pipes (see [`Bootstrap`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Bootstrap>,
+}
+
+/// What a function target's child gets besides stdio: fd 3 reads the
+/// preparation data (a pipe holding exactly `prep`, then EOF), fd 4 writes
+/// the result, which the launcher keeps in `result_path` (at most
+/// `result_limit` bytes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bootstrap {
+    pub prep: String,
+    pub result_path: PathBuf,
+    pub result_limit: u64,
 }
 
 /// One exit, as journaled and reported.

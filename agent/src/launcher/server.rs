@@ -80,7 +80,7 @@ struct Running {
     pid: i32,
     pidfd: Option<OwnedFd>,
     started_ms: i64,
-    pipes: [u64; 2],
+    pipes: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -306,7 +306,10 @@ impl Server {
         };
         let started_ms = now_ms();
         let pid = spawned.pid;
-        let pipes = [self.add_pipe(spawned.stdout), self.add_pipe(spawned.stderr)];
+        let mut pipes = vec![self.add_pipe(spawned.stdout), self.add_pipe(spawned.stderr)];
+        if let Some(result) = spawned.result {
+            pipes.push(self.add_pipe(result));
+        }
         self.running.insert(
             spec.id.clone(),
             Running {

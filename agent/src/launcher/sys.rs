@@ -1,5 +1,6 @@
 //! The few OS calls that need `unsafe`: pidfds, raw-number signals, the raw
-//! wait status, signal dispositions, fd flags and `setsid` before exec.
+//! wait status, signal dispositions, fd flags, and what runs in the child
+//! before exec (`setsid`, the bootstrap pipes' `dup2`).
 //!
 //! Everything else in the launcher uses safe `nix` / `std` wrappers. Signals
 //! are plain `i32` here on purpose: `nix::sys::signal::Signal` cannot express
@@ -7,7 +8,9 @@
 //! error.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use mpctl_proto::bootstrap::{PREP_FD, RESULT_FD};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 fn cvt(ret: libc::c_long) -> io::Result<libc::c_long> {
     if ret < 0 {
@@ -208,4 +211,37 @@ pub fn new_session_on_spawn(cmd: &mut tokio::process::Command) {
             Ok(())
         });
     }
+}
+
+/// Makes the child of `cmd` find `prep` on fd 3 and `result` on fd 4 (the
+/// bootstrap's pipes, `mpctl_proto::bootstrap::{PREP_FD, RESULT_FD}`). Both sources are close-on-exec descriptors numbered
+/// above 4 (see [`dup_above`]), so neither is clobbered by the other's
+/// `dup2`, and the originals vanish at exec while the copies, which `dup2`
+/// leaves inheritable, stay.
+pub fn bootstrap_fds_on_spawn(cmd: &mut std::process::Command, prep: RawFd, result: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // dup2(2), which is async-signal-safe, allocates nothing and takes no
+    // lock; `prep` and `result` are open in the child (inherited across fork)
+    // until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(prep, PREP_FD) < 0 || libc::dup2(result, RESULT_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A close-on-exec duplicate of `fd` numbered 10 or above.
+pub fn dup_above(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a valid borrowed descriptor returns a new
+    // descriptor that nothing else owns, which OwnedFd then takes over.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }

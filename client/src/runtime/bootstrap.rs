@@ -1,0 +1,126 @@
+//! The child side of a function target, mirroring CPython's `_bootstrap`:
+//! read the preparation data, run the target, map the outcome to the exit
+//! code, flush stdout and stderr, exit.
+//!
+//! Outcomes and exit codes: the function returned → its JSON result on the
+//! result pipe, exit 0; [`super::exit`]`(n)` → n; the function returned
+//! `Err` or panicked → 1, with `Process NAME:` and the message (and, for a
+//! panic, where and a backtrace) on stderr; killed by signal N → −N (the
+//! launcher sees that one).
+
+use std::backtrace::Backtrace;
+use std::io::{Read, Write};
+use std::panic::{self, AssertUnwindSafe};
+
+use mpctl_proto::bootstrap::{Preparation, MAX_RESULT, PREP_FD, RESULT_FD, VERSION};
+
+use super::{fds, CurrentProcess, Runtime, CURRENT};
+
+pub fn flush_stdio() {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+}
+
+/// Reports a failure under CPython's header and exits with 1.
+fn fail(name: &str, message: &str) -> ! {
+    flush_stdio();
+    eprintln!("Process {name}:\n{message}");
+    super::exit(1)
+}
+
+pub fn run(runtime: &Runtime, fds: &str) -> ! {
+    let expected = format!("{PREP_FD},{RESULT_FD}");
+    if fds != expected {
+        fail(
+            "(bootstrap)",
+            &format!("MPCTL_BOOTSTRAP is {fds:?}, expected {expected:?}; was this program started by an mpctl agent?"),
+        );
+    }
+    // Children of this process are not function targets by inheritance.
+    std::env::remove_var(mpctl_proto::bootstrap::ENV_BOOTSTRAP);
+    let prep = match read_preparation() {
+        Ok(p) => p,
+        Err(e) => fail(
+            "(bootstrap)",
+            &format!("cannot read the preparation data: {e}"),
+        ),
+    };
+    let name = prep.name.clone();
+    let mut result_pipe = match fds::adopt_pipe(RESULT_FD) {
+        Ok(f) => f,
+        Err(e) => fail(&name, &format!("cannot open the result pipe: {e}")),
+    };
+    let _ = CURRENT.set(CurrentProcess {
+        id: prep.id.clone(),
+        name: prep.name.clone(),
+        node: prep.node.clone(),
+        parent_id: prep.parent_id.clone(),
+    });
+    let Some(function) = runtime.functions.get(&prep.function) else {
+        let known: Vec<&str> = runtime.names().collect();
+        fail(
+            &name,
+            &format!(
+                "no function named {:?} is registered in this program (registered: {})",
+                prep.function,
+                known.join(", ")
+            ),
+        );
+    };
+
+    let header = name.clone();
+    panic::set_hook(Box::new(move |info| {
+        let location = info
+            .location()
+            .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a panic without a message)".into());
+        let thread = std::thread::current();
+        let thread = thread.name().unwrap_or("<unnamed>");
+        flush_stdio();
+        eprintln!(
+            "Process {header}:\nthread '{thread}' panicked{location}:\n{message}\nstack backtrace:\n{}",
+            Backtrace::force_capture()
+        );
+    }));
+    let outcome = panic::catch_unwind(AssertUnwindSafe(|| function(&prep.args)));
+    let code = match outcome {
+        Ok(Ok(json)) if json.len() > MAX_RESULT => fail(
+            &name,
+            &format!(
+                "the result of {} takes {} bytes; the limit is {MAX_RESULT}",
+                prep.function,
+                json.len()
+            ),
+        ),
+        Ok(Ok(json)) => match result_pipe.write_all(json.as_bytes()) {
+            Ok(()) => 0,
+            Err(e) => fail(&name, &format!("cannot write the result: {e}")),
+        },
+        Ok(Err(message)) => fail(&name, &message),
+        // The hook has reported it.
+        Err(_) => 1,
+    };
+    drop(result_pipe);
+    super::exit(code)
+}
+
+fn read_preparation() -> Result<Preparation, String> {
+    let mut pipe = fds::adopt_pipe(PREP_FD).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    pipe.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    drop(pipe);
+    let prep: Preparation = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    if prep.version != VERSION {
+        return Err(format!(
+            "version {} from the agent, this program speaks {VERSION}; rebuild it against the agent's mpctl",
+            prep.version
+        ));
+    }
+    Ok(prep)
+}

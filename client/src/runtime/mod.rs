@@ -1,0 +1,131 @@
+//! The worker runtime: how a program serves function targets, the analogue of
+//! `Process(target=f, args=...)`.
+//!
+//! A program registers functions by name and calls [`Runtime::init`] early in
+//! `main`. Started by an agent as a function target, `init` runs the
+//! [`bootstrap`]: it reads the preparation data, runs the named function with
+//! its decoded argument, writes the JSON result back and exits with CPython's
+//! code; it never returns. Started any other way, `init` returns and the
+//! program goes on as usual.
+//!
+//! ```no_run
+//! fn add((a, b): (i64, i64)) -> i64 {
+//!     a + b
+//! }
+//!
+//! fn main() {
+//!     mpctl::runtime::Runtime::new().function("add", add).init();
+//!     // ... the program's own work, e.g. starting `add` on the cluster with
+//!     // mpctl::Process::function(&cluster, "add", &(2, 3))
+//! }
+//! ```
+
+mod bootstrap;
+mod fds;
+
+use std::collections::BTreeMap;
+use std::fmt::Display;
+use std::sync::OnceLock;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// A registered function: JSON argument in, JSON result or an error message out.
+type Entry = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// The functions this program can run as function targets.
+#[derive(Default)]
+pub struct Runtime {
+    functions: BTreeMap<String, Entry>,
+}
+
+/// Who this process is, when it runs as a function target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CurrentProcess {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    pub parent_id: String,
+}
+
+static CURRENT: OnceLock<CurrentProcess> = OnceLock::new();
+
+/// This process, if it was started as a function target (like CPython's
+/// `current_process()` in a child).
+pub fn current_process() -> Option<&'static CurrentProcess> {
+    CURRENT.get()
+}
+
+/// Ends a function target with exit code `code` (like `sys.exit(n)`), after
+/// flushing stdout and stderr. `std::process::exit` would drop buffered output.
+pub fn exit(code: i32) -> ! {
+    bootstrap::flush_stdio();
+    std::process::exit(code)
+}
+
+fn decode<A: DeserializeOwned>(name: &str, args: &str) -> Result<A, String> {
+    serde_json::from_str(args).map_err(|e| {
+        format!(
+            "cannot decode the argument of {name} as {}: {e}",
+            std::any::type_name::<A>()
+        )
+    })
+}
+
+fn encode<R: Serialize>(name: &str, value: &R) -> Result<String, String> {
+    serde_json::to_string(value).map_err(|e| format!("cannot encode the result of {name}: {e}"))
+}
+
+impl Runtime {
+    pub fn new() -> Runtime {
+        Runtime::default()
+    }
+
+    /// Registers `f` under `name`. A return is exit code 0; a panic is 1.
+    pub fn function<A, R, F>(mut self, name: &str, f: F) -> Runtime
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        let owned = name.to_owned();
+        self.functions.insert(
+            name.to_owned(),
+            Box::new(move |args| encode(&owned, &f(decode(&owned, args)?))),
+        );
+        self
+    }
+
+    /// Registers `f` under `name`; `Err(e)` ends the process with code 1 and
+    /// `e` on stderr under the `Process NAME:` header, like an exception.
+    pub fn fallible<A, R, E, F>(mut self, name: &str, f: F) -> Runtime
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        E: Display,
+        F: Fn(A) -> Result<R, E> + Send + Sync + 'static,
+    {
+        let owned = name.to_owned();
+        self.functions.insert(
+            name.to_owned(),
+            Box::new(move |args| {
+                let value = f(decode(&owned, args)?).map_err(|e| e.to_string())?;
+                encode(&owned, &value)
+            }),
+        );
+        self
+    }
+
+    /// The registered names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.functions.keys().map(String::as_str)
+    }
+
+    /// In bootstrap mode (started as a function target): runs the function
+    /// and exits. Otherwise returns at once.
+    pub fn init(self) {
+        if let Some(fds) = std::env::var_os(mpctl_proto::bootstrap::ENV_BOOTSTRAP) {
+            bootstrap::run(&self, &fds.to_string_lossy())
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! The node-local contract between an agent and a function target's child
+//! (DESIGN §4): the child finds its preparation data on fd [`PREP_FD`] (JSON,
+//! then EOF) and writes its result on fd [`RESULT_FD`]; [`ENV_BOOTSTRAP`] in
+//! its environment tells the SDK runtime it was started in bootstrap mode.
+
+use serde::{Deserialize, Serialize};
+
+/// Set to `"3,4"` (the two descriptors) in a function target's environment.
+pub const ENV_BOOTSTRAP: &str = "MPCTL_BOOTSTRAP";
+pub const PREP_FD: i32 = 3;
+pub const RESULT_FD: i32 = 4;
+/// Largest result a function target may write (JSON bytes).
+pub const MAX_RESULT: usize = 1 << 20;
+/// Largest serialized argument of a function target: the preparation data
+/// travels through the launcher's 1 MiB frames and a pipe.
+pub const MAX_ARGS: usize = 256 << 10;
+pub const VERSION: u32 = 1;
+
+/// What a function target's child is told before it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Preparation {
+    pub version: u32,
+    /// Cluster-unique process id.
+    pub id: String,
+    /// `Process-N` or the name given.
+    pub name: String,
+    /// The agent it runs on.
+    pub node: String,
+    /// The managed process that started it, if any.
+    #[serde(default)]
+    pub parent_id: String,
+    /// The registered function to run.
+    pub function: String,
+    /// Its argument, JSON text.
+    pub args: String,
+    /// `spawn` (forkserver and fork come later).
+    pub start_method: String,
+}
