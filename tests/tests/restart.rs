@@ -88,3 +88,61 @@ async fn terminate_is_sent_before_it_returns() {
     p.join(Some(Duration::from_secs(20))).await.unwrap();
     assert_eq!(p.exitcode(), Some(-15));
 }
+
+/// DESIGN §6: managed processes do not depend on the agent daemon. 50 run;
+/// the agent is SIGKILLed; 10 exit while it is down; the restarted agent
+/// re-attaches to the launcher: all 50 are accounted for, the 10 with their
+/// real codes, the 40 still running and killable.
+#[tokio::test(flavor = "multi_thread")]
+async fn agent_sigkill_with_50_processes() {
+    let mut tc = TestCluster::with_agent(64);
+    let c = tc.client().await;
+    // One FIFO each: releasing one waits for its reader, so no exit races.
+    let gates: Vec<_> = (0..10)
+        .map(|i| fifo(tc.path(), &format!("gate{i}")))
+        .collect();
+    let mut early = Vec::new();
+    for (i, gate) in gates.iter().enumerate() {
+        let script = format!("read _ < {}; exit {}", gate.display(), 20 + i);
+        let mut p = Process::new(&c, ["sh", "-c", &script]);
+        p.start().await.unwrap();
+        early.push(p);
+    }
+    let mut late = Vec::new();
+    for _ in 0..40 {
+        let mut p = Process::new(&c, ["sleep", "60"]);
+        p.start().await.unwrap();
+        late.push(p);
+    }
+    let pids: Vec<i32> = late.iter().map(|p| p.pid().unwrap()).collect();
+
+    tc.kill_agent("node-a");
+    for gate in &gates {
+        release(gate);
+    }
+    tc.start_agent("node-a", 64, &[]);
+
+    for (i, p) in early.iter_mut().enumerate() {
+        p.join(Some(Duration::from_secs(20))).await.unwrap();
+        assert_eq!(
+            p.exitcode(),
+            Some(20 + i as i32),
+            "real code of {}",
+            p.name()
+        );
+    }
+    for (p, pid) in late.iter_mut().zip(&pids) {
+        assert!(p.is_alive().await.unwrap());
+        assert_eq!(p.pid(), Some(*pid), "the same process, not a new one");
+    }
+    assert_eq!(c.list(false).await.unwrap().len(), 40);
+    for p in &mut late {
+        p.kill().await.unwrap();
+    }
+    for p in &mut late {
+        p.join(Some(Duration::from_secs(20))).await.unwrap();
+        assert_eq!(p.exitcode(), Some(-9));
+    }
+    assert_eq!(c.list(false).await.unwrap().len(), 0);
+    assert_eq!(c.list(true).await.unwrap().len(), 50);
+}
