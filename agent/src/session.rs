@@ -10,7 +10,7 @@ use mpctl_proto::bootstrap::{self, Preparation};
 use mpctl_proto::v1::{
     agent_message::Msg, agent_service_client::AgentServiceClient,
     coordinator_message::Msg as FromCoordinator, AgentMessage, Heartbeat, Launch, LaunchFailed,
-    Launched, LogStream, Register, Signaled,
+    Launched, LogStream, Register, Signaled, StartMethod,
 };
 use mpctl_transport::Role;
 use tokio::sync::mpsc;
@@ -277,19 +277,25 @@ struct Target {
     env: HashMap<String, String>,
     cwd: String,
     bootstrap: Option<String>,
+    /// Start through the forkserver with these preload hooks.
+    forkserver: Option<Vec<String>>,
 }
 
 fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
     match (&l.command, &l.function) {
+        // For commands the launcher itself plays the forkserver (DESIGN §3):
+        // it is small and single-threaded, and forks every child.
         (Some(c), _) => Ok(Target {
             argv: c.argv.clone(),
             env: c.env.clone(),
             cwd: c.cwd.clone(),
             bootstrap: None,
+            forkserver: None,
         }),
         (None, Some(f)) => {
             let args = String::from_utf8(f.args.clone())
                 .map_err(|_| "the function's arguments are not UTF-8 JSON".to_owned())?;
+            let forkserver = l.start_method == StartMethod::Forkserver as i32;
             let prep = Preparation {
                 version: bootstrap::VERSION,
                 id: l.process_id.clone(),
@@ -298,7 +304,7 @@ fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
                 parent_id: String::new(),
                 function: f.function.clone(),
                 args,
-                start_method: "spawn".into(),
+                start_method: if forkserver { "forkserver" } else { "spawn" }.into(),
             };
             let mut argv = vec![f.program.clone()];
             argv.extend(f.program_args.iter().cloned());
@@ -314,6 +320,7 @@ fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
                 bootstrap: Some(
                     serde_json::to_string(&prep).map_err(|e| format!("preparation data: {e}"))?,
                 ),
+                forkserver: forkserver.then(|| f.preload.clone()),
             })
         }
         (None, None) => Err("the launch names no command and no function".into()),
@@ -362,6 +369,7 @@ async fn launch_inner(
             // One byte over the limit shows a result that was too large.
             result_limit: bootstrap::MAX_RESULT as u64 + 1,
         }),
+        forkserver: target.forkserver,
     };
     let client = launcher.get().await;
     match client.launch(spec).await {

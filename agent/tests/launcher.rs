@@ -83,6 +83,7 @@ impl Node {
             stderr_path: self.path().join(format!("{id}.err")),
             log_limit_bytes: 1 << 20,
             bootstrap: None,
+            forkserver: None,
         }
     }
 

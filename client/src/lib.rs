@@ -25,6 +25,6 @@ pub use cluster::Cluster;
 pub use config::{ClusterConfig, Overrides};
 pub use error::{Error, Result};
 pub use mpctl_proto::v1 as proto;
-pub use mpctl_proto::v1::{LogStream, ProcessInfo, ProcessState};
+pub use mpctl_proto::v1::{LogStream, ProcessInfo, ProcessState, StartMethod};
 pub use mpctl_transport::{AuthKey, Security};
 pub use process::{wait, wait_all, Process, Sentinel};

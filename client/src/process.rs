@@ -125,6 +125,28 @@ impl Process {
         })
     }
 
+    /// How the node starts the process (default spawn). Forkserver starts
+    /// function targets by forking a server of their program that ran its
+    /// preload hooks once (see [`Process::preload`]); for commands the node's
+    /// launcher plays the server. Fork is not available yet.
+    pub fn start_method(mut self, method: StartMethod) -> Self {
+        self.request.start_method = method as i32;
+        self
+    }
+
+    /// For a function target started by forkserver: the preload hooks
+    /// (registered with `Runtime::preload`) its server runs once.
+    pub fn preload<I, S>(mut self, hooks: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        if let Some(f) = &mut self.request.function {
+            f.preload = hooks.into_iter().map(Into::into).collect();
+        }
+        self
+    }
+
     /// For a function target: the program on the node that registers the
     /// function (default: this program's path).
     pub fn program(mut self, path: impl Into<String>) -> Self {

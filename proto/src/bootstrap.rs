@@ -36,3 +36,48 @@ pub struct Preparation {
     /// `spawn` (forkserver and fork come later).
     pub start_method: String,
 }
+
+/// Set to the descriptor of the forkserver's socket to its launcher (always
+/// [`FORKSERVER_FD`]) when a program is started as a forkserver.
+pub const ENV_FORKSERVER: &str = "MPCTL_FORKSERVER";
+/// Comma-separated names of the preload hooks a forkserver runs once.
+pub const ENV_PRELOAD: &str = "MPCTL_PRELOAD";
+pub const FORKSERVER_FD: i32 = 3;
+/// Largest message on the forkserver socket (SOCK_SEQPACKET).
+pub const MAX_FORKSERVER_MESSAGE: usize = 64 << 10;
+
+/// Launcher → forkserver: one datagram per start, carrying by SCM_RIGHTS the
+/// child's stdout and stderr write ends, the preparation pipe's read end and
+/// the result pipe's write end, in that order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToForkserver {
+    Start { id: String },
+}
+
+/// Forkserver → launcher.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromForkserver {
+    /// Preload hooks done; starts are served from now on.
+    Ready {
+        pid: i32,
+    },
+    /// A preload hook is unknown or panicked; the server exits.
+    PreloadFailed {
+        error: String,
+    },
+    Started {
+        id: String,
+        pid: i32,
+    },
+    StartFailed {
+        id: String,
+        error: String,
+    },
+    /// A child it forked has exited (CPython's exit-code rules).
+    Exited {
+        pid: i32,
+        exitcode: i32,
+    },
+}

@@ -225,7 +225,10 @@ impl Core {
                 function,
                 created_unix_ms: now_ms(),
                 request_id: req.request_id.clone(),
-                start_method: StartMethod::Spawn as i32,
+                start_method: match StartMethod::try_from(req.start_method) {
+                    Ok(StartMethod::Forkserver) => StartMethod::Forkserver,
+                    _ => StartMethod::Spawn,
+                } as i32,
                 ..Default::default()
             };
             let placement = req.placement.clone().unwrap_or_default();
@@ -831,7 +834,7 @@ fn launch_message(rec: &ProcRecord) -> Launch {
         name: rec.info.name.clone(),
         command: rec.request.command.clone(),
         log_limit_bytes: rec.request.log_limit_bytes,
-        start_method: StartMethod::Spawn as i32,
+        start_method: rec.info.start_method,
         function: rec.request.function.clone(),
     }
 }

@@ -170,6 +170,42 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
     })
 }
 
+/// For a start through a forkserver: the four descriptors its child gets
+/// (stdout and stderr write ends, the preparation pipe's read end, the result
+/// pipe's write end) and the launcher's ends of its output and result pipes.
+pub fn forkserver_child(spec: &LaunchSpec) -> Result<([OwnedFd; 4], Vec<OutPipe>), String> {
+    use nix::fcntl::OFlag;
+    let b = spec
+        .bootstrap
+        .as_ref()
+        .ok_or_else(|| "only function targets start through a forkserver".to_owned())?;
+    let out_file = create_log_file(&spec.stdout_path)
+        .map_err(|e| format!("stdout file {}: {e}", spec.stdout_path.display()))?;
+    let err_file = create_log_file(&spec.stderr_path)
+        .map_err(|e| format!("stderr file {}: {e}", spec.stderr_path.display()))?;
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (out_read, out_write) = pipe()?;
+    let (err_read, err_write) = pipe()?;
+    let boot = bootstrap_pipes(b)?;
+    let pipes = vec![
+        OutPipe::new(out_read, out_file, &spec.stdout_path, spec.log_limit_bytes)
+            .map_err(|e| format!("output pipes: {e}"))?,
+        OutPipe::new(err_read, err_file, &spec.stderr_path, spec.log_limit_bytes)
+            .map_err(|e| format!("output pipes: {e}"))?,
+        OutPipe::new(
+            boot.result_read,
+            boot.result_file,
+            &b.result_path,
+            b.result_limit,
+        )
+        .map_err(|e| format!("result pipe: {e}"))?,
+    ];
+    Ok((
+        [out_write, err_write, boot.child_prep, boot.child_result],
+        pipes,
+    ))
+}
+
 /// CPython's `waitstatus_to_exitcode`: the exit status, or `-N` for a
 /// death by signal `N`. `None` for stop/continue notifications.
 pub fn exitcode(status: i32) -> Option<i32> {

@@ -207,7 +207,7 @@ impl LauncherClient {
     /// that is already running returns the existing process.
     pub async fn launch(&self, spec: LaunchSpec) -> Result<Launched, LaunchError> {
         let id = spec.id.clone();
-        let frame = encode(&ToLauncher::Launch(spec)).map_err(LauncherError::from)?;
+        let frame = encode(&ToLauncher::Launch(Box::new(spec))).map_err(LauncherError::from)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut p = self.inner.shared.lock();

@@ -16,6 +16,7 @@ mod children;
 pub mod client;
 mod conn;
 pub mod error;
+mod forkservers;
 pub mod journal;
 mod output;
 pub mod protocol;

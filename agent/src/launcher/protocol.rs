@@ -35,6 +35,10 @@ pub struct LaunchSpec {
     /// Function targets: the bootstrap's pipes (see [`Bootstrap`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<Bootstrap>,
+    /// Function targets started by forkserver: the preload hooks its server
+    /// runs once (the server is keyed by program and this list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forkserver: Option<Vec<String>>,
 }
 
 /// What a function target's child gets besides stdio: fd 3 reads the
@@ -85,7 +89,7 @@ pub struct Launched {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToLauncher {
-    Launch(LaunchSpec),
+    Launch(Box<LaunchSpec>),
     /// `tree`: signal the process group instead of the process alone.
     Signal {
         id: String,

@@ -16,6 +16,7 @@ use nix::sys::signalfd::SignalFd;
 use super::children::{self, exitcode};
 use super::conn::Conn;
 use super::error::LauncherError;
+use super::forkservers::{self, Forkservers, PendingStart};
 use super::journal::Journal;
 use super::output::{OutPipe, PipeState};
 use super::protocol::{
@@ -23,6 +24,7 @@ use super::protocol::{
 };
 use super::setup::{self, SOCKET_FILE};
 use super::{log, sys};
+use mpctl_proto::bootstrap::FromForkserver;
 
 /// How long a freshly started launcher waits for its first agent before it
 /// exits for lack of anything to do.
@@ -64,6 +66,7 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         by_pid: HashMap::new(),
         pipes: HashMap::new(),
         next_pipe: 0,
+        forkservers: Forkservers::default(),
         stop: false,
     };
     let result = server.serve();
@@ -89,6 +92,7 @@ enum Token {
     Signals,
     Conn,
     Pipe(u64),
+    Forkserver(u64),
 }
 
 struct Server {
@@ -104,6 +108,7 @@ struct Server {
     /// Output pipes of running and exited children, until EOF.
     pipes: HashMap<u64, OutPipe>,
     next_pipe: u64,
+    forkservers: Forkservers,
     stop: bool,
 }
 
@@ -122,13 +127,15 @@ impl Server {
             // nothing the old agent sent is lost when it is replaced).
             ready.sort_by_key(|(token, _)| match token {
                 Token::Pipe(_) => 0,
-                Token::Signals => 1,
-                Token::Conn => 2,
-                Token::Listener => 3,
+                Token::Forkserver(_) => 1,
+                Token::Signals => 2,
+                Token::Conn => 3,
+                Token::Listener => 4,
             });
             for (token, revents) in ready {
                 match token {
                     Token::Pipe(key) => self.pump(key, PUMP_SLICE),
+                    Token::Forkserver(t) => self.on_forkserver(t),
                     Token::Signals => self.on_signals(),
                     Token::Conn => self.on_conn(revents),
                     Token::Listener => self.accept(),
@@ -165,6 +172,10 @@ impl Server {
         for (key, pipe) in &self.pipes {
             fds.push(PollFd::new(pipe.fd(), PollFlags::POLLIN));
             tokens.push(Token::Pipe(*key));
+        }
+        for (token, (_, server)) in &self.forkservers.servers {
+            fds.push(PollFd::new(server.sock.as_fd(), PollFlags::POLLIN));
+            tokens.push(Token::Forkserver(*token));
         }
         let timeout = if self.seen_agent {
             PollTimeout::NONE
@@ -263,7 +274,7 @@ impl Server {
 
     fn handle(&mut self, msg: ToLauncher) {
         match msg {
-            ToLauncher::Launch(spec) => self.launch(spec),
+            ToLauncher::Launch(spec) => self.launch(*spec),
             ToLauncher::Signal { id, signo, tree } => {
                 let delivered = self.signal(&id, signo, tree);
                 self.send(&FromLauncher::Signaled { id, delivered });
@@ -296,6 +307,13 @@ impl Server {
             self.send(&FromLauncher::Exited(rec));
             return;
         }
+        if let Some(preload) = spec.forkserver.clone() {
+            if let Err(error) = self.launch_forkserver(&spec, preload) {
+                log(format_args!("launch {} failed: {error}", spec.id));
+                self.send(&FromLauncher::LaunchFailed { id: spec.id, error });
+            }
+            return;
+        }
         let spawned = match children::spawn(&spec) {
             Ok(s) => s,
             Err(error) => {
@@ -326,6 +344,122 @@ impl Server {
             pid,
             at_unix_ms: started_ms,
         }));
+    }
+
+    /// Sends the start to the forkserver for (program, preload), starting
+    /// that server first if there is none; the answer comes on its socket.
+    fn launch_forkserver(&mut self, spec: &LaunchSpec, preload: Vec<String>) -> Result<(), String> {
+        let program = spec.argv.first().cloned().ok_or("empty argv")?;
+        let (fds, pipes) = children::forkserver_child(spec)?;
+        let key = (program, preload);
+        let token = match self.forkservers.find(&key) {
+            Some(t) => t,
+            None => {
+                let dir = self
+                    .socket_path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .to_owned();
+                let token = self.forkservers.start(key, spec, &dir)?;
+                let (k, s) = &self.forkservers.servers[&token];
+                log(format_args!(
+                    "forkserver {} for {:?} preload {:?} started",
+                    s.pid, k.0, k.1
+                ));
+                token
+            }
+        };
+        let (_, server) = self
+            .forkservers
+            .servers
+            .get_mut(&token)
+            .expect("found or started");
+        forkservers::send_start(server, &spec.id, &fds)
+            .map_err(|e| format!("sending the start to the forkserver: {e}"))?;
+        server
+            .pending
+            .insert(spec.id.clone(), PendingStart { pipes });
+        Ok(())
+    }
+
+    fn on_forkserver(&mut self, token: u64) {
+        let Some((_, server)) = self.forkservers.servers.get(&token) else {
+            return;
+        };
+        match forkservers::receive(server) {
+            Ok(messages) => {
+                for m in messages {
+                    self.forkserver_says(token, m);
+                }
+            }
+            Err(reason) => self.forkserver_gone(token, &reason),
+        }
+    }
+
+    fn forkserver_says(&mut self, token: u64, msg: FromForkserver) {
+        match msg {
+            FromForkserver::Ready { pid } => log(format_args!("forkserver {pid} ready")),
+            FromForkserver::PreloadFailed { error } => self.forkserver_gone(token, &error),
+            FromForkserver::Started { id, pid } => {
+                let Some(pending) = self
+                    .forkservers
+                    .servers
+                    .get_mut(&token)
+                    .and_then(|(_, s)| s.pending.remove(&id))
+                else {
+                    return;
+                };
+                let started_ms = now_ms();
+                let pidfd = sys::pidfd_open(pid).ok();
+                let pipes = pending
+                    .pipes
+                    .into_iter()
+                    .map(|p| self.add_pipe(p))
+                    .collect();
+                self.running.insert(
+                    id.clone(),
+                    Running {
+                        pid,
+                        pidfd,
+                        started_ms,
+                        pipes,
+                    },
+                );
+                self.by_pid.insert(pid, id.clone());
+                log(format_args!("forked {id} as pid {pid}"));
+                self.send(&FromLauncher::Launched(Launched {
+                    id,
+                    pid,
+                    at_unix_ms: started_ms,
+                }));
+            }
+            FromForkserver::StartFailed { id, error } => {
+                if let Some((_, s)) = self.forkservers.servers.get_mut(&token) {
+                    s.pending.remove(&id);
+                }
+                self.send(&FromLauncher::LaunchFailed { id, error });
+            }
+            FromForkserver::Exited { pid, exitcode } => self.child_exited(pid, exitcode),
+        }
+    }
+
+    /// A server stopped: the starts it had not answered fail; its running
+    /// children are ours now (subreaper) and are reaped like any child.
+    fn forkserver_gone(&mut self, token: u64, reason: &str) {
+        let Some(((program, _), server)) = self.forkservers.servers.remove(&token) else {
+            return;
+        };
+        log(format_args!(
+            "forkserver {} for {program:?} gone: {reason}",
+            server.pid
+        ));
+        for id in server.pending.into_keys() {
+            let error = format!(
+                "the forkserver for {program} stopped ({reason}); its log is {}",
+                server.log_path.display()
+            );
+            self.send(&FromLauncher::LaunchFailed { id, error });
+        }
     }
 
     fn add_pipe(&mut self, pipe: OutPipe) -> u64 {
@@ -411,26 +545,41 @@ impl Server {
             let Some(code) = exitcode(status) else {
                 continue;
             };
-            let Some(id) = self.by_pid.remove(&pid) else {
-                log(format_args!("reaped orphan pid {pid} (exitcode {code})"));
+            if let Some(token) = self
+                .forkservers
+                .servers
+                .iter()
+                .find(|(_, (_, s))| s.pid == pid)
+                .map(|(t, _)| *t)
+            {
+                self.forkserver_gone(token, &format!("exited with {code}"));
                 continue;
-            };
-            let Some(r) = self.running.remove(&id) else {
-                continue;
-            };
-            // Everything the child wrote before exiting goes in its files
-            // before its exit is reported; pipes still held open by
-            // descendants keep being drained afterwards.
-            for key in r.pipes {
-                self.pump(key, FINAL_DRAIN);
             }
-            self.exited(ExitRecord {
-                id,
-                pid,
-                exitcode: code,
-                at_unix_ms: now_ms(),
-            });
+            self.child_exited(pid, code);
         }
+    }
+
+    /// A managed process ended (reaped here, or reported by its forkserver).
+    fn child_exited(&mut self, pid: i32, code: i32) {
+        let Some(id) = self.by_pid.remove(&pid) else {
+            log(format_args!("reaped orphan pid {pid} (exitcode {code})"));
+            return;
+        };
+        let Some(r) = self.running.remove(&id) else {
+            return;
+        };
+        // Everything the child wrote before exiting goes in its files
+        // before its exit is reported; pipes still held open by
+        // descendants keep being drained afterwards.
+        for key in r.pipes {
+            self.pump(key, FINAL_DRAIN);
+        }
+        self.exited(ExitRecord {
+            id,
+            pid,
+            exitcode: code,
+            at_unix_ms: now_ms(),
+        });
     }
 
     fn exited(&mut self, rec: ExitRecord) {

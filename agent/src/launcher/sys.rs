@@ -245,3 +245,21 @@ pub fn dup_above(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: `new` is a fresh descriptor owned by no one else.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
+
+/// Makes the child of `cmd` find `fd` at `target` (the forkserver's socket).
+/// `fd` is close-on-exec and numbered above `target`'s neighbours (see
+/// [`dup_above`]), so the original vanishes at exec and only the copy stays.
+pub fn fd_at_on_spawn(cmd: &mut std::process::Command, fd: RawFd, target: RawFd) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // dup2(2), which is async-signal-safe, allocates nothing and takes no
+    // lock; `fd` is open in the child until exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, target) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}

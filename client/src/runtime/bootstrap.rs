@@ -14,7 +14,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use mpctl_proto::bootstrap::{Preparation, MAX_RESULT, PREP_FD, RESULT_FD, VERSION};
 
-use super::{fds, CurrentProcess, Runtime, CURRENT};
+use super::{sys as fds, CurrentProcess, Runtime, CURRENT};
 
 pub fn flush_stdio() {
     let _ = std::io::stdout().flush();
@@ -28,6 +28,7 @@ fn fail(name: &str, message: &str) -> ! {
     super::exit(1)
 }
 
+/// Spawn: this program was exec'd with the bootstrap pipes on fds 3 and 4.
 pub fn run(runtime: &Runtime, fds: &str) -> ! {
     let expected = format!("{PREP_FD},{RESULT_FD}");
     if fds != expected {
@@ -38,6 +39,12 @@ pub fn run(runtime: &Runtime, fds: &str) -> ! {
     }
     // Children of this process are not function targets by inheritance.
     std::env::remove_var(mpctl_proto::bootstrap::ENV_BOOTSTRAP);
+    run_prepared(runtime)
+}
+
+/// The common part of every start method, once the preparation pipe is on
+/// fd 3 and the result pipe on fd 4.
+pub fn run_prepared(runtime: &Runtime) -> ! {
     let prep = match read_preparation() {
         Ok(p) => p,
         Err(e) => fail(

@@ -21,7 +21,8 @@
 //! ```
 
 mod bootstrap;
-mod fds;
+mod forkserver;
+mod sys;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -32,11 +33,14 @@ use serde::Serialize;
 
 /// A registered function: JSON argument in, JSON result or an error message out.
 type Entry = Box<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+type Preload = Box<dyn Fn() + Send + Sync>;
 
-/// The functions this program can run as function targets.
+/// The functions this program can run as function targets, and the preload
+/// hooks its forkservers may run.
 #[derive(Default)]
 pub struct Runtime {
     functions: BTreeMap<String, Entry>,
+    preloads: BTreeMap<String, Preload>,
 }
 
 /// Who this process is, when it runs as a function target.
@@ -116,15 +120,32 @@ impl Runtime {
         self
     }
 
+    /// Registers a preload hook: a forkserver started for this program with
+    /// `name` in its preload list runs `hook` once, before it forks any child
+    /// (load a model, import data). Children see what it set up.
+    pub fn preload<F>(mut self, name: &str, hook: F) -> Runtime
+    where
+        F: Fn() + Send + Sync + 'static,
+    {
+        self.preloads.insert(name.to_owned(), Box::new(hook));
+        self
+    }
+
     /// The registered names.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.functions.keys().map(String::as_str)
     }
 
-    /// In bootstrap mode (started as a function target): runs the function
-    /// and exits. Otherwise returns at once.
+    /// Started as a function target (spawn): runs the function and exits.
+    /// Started as a forkserver: serves starts until its launcher goes away.
+    /// Otherwise returns at once. Call it first in `main`, before any thread
+    /// exists (a forkserver forks).
     pub fn init(self) {
-        if let Some(fds) = std::env::var_os(mpctl_proto::bootstrap::ENV_BOOTSTRAP) {
+        use mpctl_proto::bootstrap::{ENV_BOOTSTRAP, ENV_FORKSERVER};
+        if let Some(fd) = std::env::var_os(ENV_FORKSERVER) {
+            forkserver::serve(&self, &fd.to_string_lossy())
+        }
+        if let Some(fds) = std::env::var_os(ENV_BOOTSTRAP) {
             bootstrap::run(&self, &fds.to_string_lossy())
         }
     }

@@ -1,6 +1,8 @@
 //! A program that serves function targets for the integration tests: each
 //! function produces one of the outcomes of DESIGN §2.
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mpctl::runtime::{self, Runtime};
@@ -34,8 +36,30 @@ fn whoami(_: ()) -> WhoAmI {
     }
 }
 
+/// The seed test's module-level flag: false in a fresh program, true where
+/// the `set_flag` preload ran (a forkserver and the children it forks).
+static FLAG: AtomicBool = AtomicBool::new(false);
+
+/// Preload hook: sets the flag and appends a line to the file named by
+/// `MPCTL_TEST_PRELOAD_LOG`, so a test can count how often it ran.
+fn set_flag() {
+    FLAG.store(true, Ordering::SeqCst);
+    if let Some(path) = std::env::var_os("MPCTL_TEST_PRELOAD_LOG") {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("preload log");
+        writeln!(f, "{}", std::process::id()).expect("preload log write");
+    }
+}
+
 fn main() {
     Runtime::new()
+        .preload("set_flag", set_flag)
+        .preload("panic", || panic!("preload failed on purpose"))
+        .function("read_flag", |(): ()| FLAG.load(Ordering::SeqCst))
+        .function("parent_pid", |(): ()| nix::unistd::getppid().as_raw())
         .function("noop", |(): ()| ())
         .function("add", |(a, b): (i64, i64)| a + b)
         .function("exit_with", |code: i32| -> () { runtime::exit(code) })
