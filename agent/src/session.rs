@@ -301,10 +301,17 @@ fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
                 id: l.process_id.clone(),
                 name: l.name.clone(),
                 node: config.name.clone(),
-                parent_id: String::new(),
+                parent_id: l.parent_id.clone(),
                 function: f.function.clone(),
                 args,
                 start_method: if forkserver { "forkserver" } else { "spawn" }.into(),
+                coordinator: config.server.clone(),
+                security: match config.security {
+                    mpctl_transport::Security::Tls => "tls",
+                    mpctl_transport::Security::PlaintextLoopback => "plaintext",
+                }
+                .into(),
+                authkey: config.authkey.expose_hex(),
             };
             let mut argv = vec![f.program.clone()];
             argv.extend(f.program_args.iter().cloned());

@@ -32,9 +32,16 @@ impl Cluster {
         })
     }
 
-    /// The cluster the environment names (see [`crate::config`]); with nothing
-    /// configured, an embedded coordinator and agent in this process.
+    /// The cluster the environment names (see [`crate::config`]). Inside a
+    /// managed process (a function target), the cluster that runs it, with
+    /// the authkey it inherited. With nothing configured, an embedded
+    /// coordinator and agent in this process.
     pub async fn from_env() -> Result<Cluster> {
+        if std::env::var_os("MPCTL_ADDR").is_none() {
+            if let Some((addr, key, security)) = crate::runtime::cluster_credentials() {
+                return Cluster::connect(&addr, key, security).await;
+            }
+        }
         Cluster::open(ClusterConfig::resolve(&Overrides::default())?).await
     }
 

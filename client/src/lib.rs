@@ -27,4 +27,4 @@ pub use error::{Error, Result};
 pub use mpctl_proto::v1 as proto;
 pub use mpctl_proto::v1::{LogStream, ProcessInfo, ProcessState, StartMethod};
 pub use mpctl_transport::{AuthKey, Security};
-pub use process::{wait, wait_all, Process, Sentinel};
+pub use process::{active_children, parent_process, wait, wait_all, Process, Sentinel};

@@ -51,6 +51,13 @@ impl std::fmt::Debug for Sentinel {
     }
 }
 
+/// The parent of processes started here: this process, if it is managed.
+fn parent_id() -> String {
+    crate::runtime::current_process()
+        .map(|me| me.id.clone())
+        .unwrap_or_default()
+}
+
 fn new_request_id() -> String {
     let mut b = [0u8; 16];
     getrandom::fill(&mut b).expect("the OS random source is unavailable");
@@ -87,6 +94,7 @@ impl Process {
                 }),
                 placement: Some(Placement::default()),
                 start_method: StartMethod::Spawn as i32,
+                parent_id: parent_id(),
                 ..Default::default()
             },
             info: None,
@@ -118,6 +126,7 @@ impl Process {
                 }),
                 placement: Some(Placement::default()),
                 start_method: StartMethod::Spawn as i32,
+                parent_id: parent_id(),
                 ..Default::default()
             },
             info: None,
@@ -464,4 +473,31 @@ async fn wait_mode(
         .filter(|s| ready.iter().any(|r| r.id == s.id))
         .cloned()
         .collect())
+}
+
+/// The running children of this process (CPython's `active_children()`):
+/// processes it started that have not stopped. Empty outside a managed
+/// process.
+pub async fn active_children(cluster: &Cluster) -> Result<Vec<ProcessInfo>> {
+    let me = parent_id();
+    if me.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(cluster
+        .list(false)
+        .await?
+        .into_iter()
+        .filter(|p| p.parent_id == me)
+        .collect())
+}
+
+/// The process that started this one (CPython's `parent_process()`), if
+/// this is a managed process started by another managed process.
+pub async fn parent_process(cluster: &Cluster) -> Result<Option<Process>> {
+    match crate::runtime::current_process() {
+        Some(me) if !me.parent_id.is_empty() => {
+            Ok(Some(Process::attach(cluster, &me.parent_id).await?))
+        }
+        _ => Ok(None),
+    }
 }

@@ -33,8 +33,18 @@ pub struct Preparation {
     pub function: String,
     /// Its argument, JSON text.
     pub args: String,
-    /// `spawn` (forkserver and fork come later).
+    /// `spawn` or `forkserver`.
     pub start_method: String,
+    /// The coordinator, so the child can start processes of its own.
+    #[serde(default)]
+    pub coordinator: String,
+    /// `tls` or `plaintext`.
+    #[serde(default)]
+    pub security: String,
+    /// The cluster's authkey (hex), inherited as in CPython; it only ever
+    /// travels in this pipe and is never logged.
+    #[serde(default)]
+    pub authkey: String,
 }
 
 /// Set to the descriptor of the forkserver's socket to its launcher (always

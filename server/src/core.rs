@@ -198,9 +198,30 @@ impl Core {
                     break id;
                 }
             };
-            let number = t.next_number;
-            t.next_number += 1;
-            fx.batch.ops.push(Op::NextNumber(t.next_number));
+            let identity = if req.parent_id.is_empty() {
+                let number = t.next_number;
+                t.next_number += 1;
+                fx.batch.ops.push(Op::NextNumber(t.next_number));
+                vec![number as u32]
+            } else {
+                let parent = t.procs.get(&req.parent_id).ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "parent process {:?} is unknown",
+                        req.parent_id
+                    ))
+                })?;
+                if parent.info.daemon {
+                    return Err(Status::failed_precondition(format!(
+                        "daemonic processes are not allowed to have children ({} is daemonic)",
+                        parent.info.name
+                    )));
+                }
+                let mut identity = parent.info.identity.clone();
+                let k = t.children_started.entry(req.parent_id.clone()).or_default();
+                *k += 1;
+                identity.push(*k);
+                identity
+            };
             let (argv, cwd, function) = match (&req.command, &req.function) {
                 (Some(c), _) => (c.argv.clone(), c.cwd.clone(), String::new()),
                 (None, Some(f)) => {
@@ -213,10 +234,12 @@ impl Core {
             let info = ProcessInfo {
                 id: id.clone(),
                 name: if req.name.is_empty() {
-                    format!("Process-{number}")
+                    let parts: Vec<String> = identity.iter().map(u32::to_string).collect();
+                    format!("Process-{}", parts.join(":"))
                 } else {
                     req.name.clone()
                 },
+                identity,
                 state: ProcessState::Queued as i32,
                 daemon: req.daemon,
                 parent_id: req.parent_id.clone(),
@@ -836,6 +859,7 @@ fn launch_message(rec: &ProcRecord) -> Launch {
         log_limit_bytes: rec.request.log_limit_bytes,
         start_method: rec.info.start_method,
         function: rec.request.function.clone(),
+        parent_id: rec.info.parent_id.clone(),
     }
 }
 
@@ -876,6 +900,45 @@ fn dispatch_queue(t: &mut Table, fx: &mut Effects) {
     }
 }
 
+/// CPython terminates a process's daemonic children when it exits; the
+/// coordinator does it for the cluster: SIGTERM to the running ones, and the
+/// queued ones stop at once with -15.
+fn terminate_daemon_children(t: &mut Table, parent: &str, fx: &mut Effects) {
+    let children: Vec<String> = t
+        .procs
+        .values()
+        .filter(|r| r.info.parent_id == parent && r.info.daemon && !is_settled(r.state()))
+        .map(|r| r.info.id.clone())
+        .collect();
+    for id in children {
+        let rec = t.procs.get_mut(&id).expect("listed above");
+        match rec.state() {
+            ProcessState::Queued => {
+                rec.info.state = ProcessState::Stopped as i32;
+                rec.info.exitcode = Some(-libc::SIGTERM);
+                rec.info.stopped_unix_ms = now_ms();
+                fx.put(rec);
+                t.queue.retain(|q| q != &id);
+            }
+            _ => {
+                let node = rec.info.node.clone();
+                if let Some(session) = t.agents.get(&node).and_then(|a| a.session.clone()) {
+                    // Request id 0: nobody waits for the answer.
+                    fx.send(
+                        &session,
+                        ToAgent::Signal(Signal {
+                            process_id: id,
+                            signo: libc::SIGTERM,
+                            tree: false,
+                            request_id: 0,
+                        }),
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Records an exit reported by `agent` and acknowledges it after commit.
 fn apply_exit(t: &mut Table, agent: &str, session: &Session, ex: Exited, fx: &mut Effects) {
     let id = ex.process_id.clone();
@@ -893,6 +956,7 @@ fn apply_exit(t: &mut Table, agent: &str, session: &Session, ex: Exited, fx: &mu
                 now_ms()
             };
             fx.put(rec);
+            terminate_daemon_children(t, &id, fx);
         }
         Some(_) => {}
         None => tracing::warn!(agent, process = %id, "exit of an unknown process; acknowledged"),

@@ -66,6 +66,8 @@ pub struct Table {
     pub next_generation: u64,
     pub log_routes: HashMap<u64, LogRoute>,
     pub pending_signals: HashMap<u64, PendingSignal>,
+    /// How many children each process has started (CPython's `_counter`).
+    pub children_started: HashMap<String, u32>,
     /// Ids of requests to agents (log reads, signals).
     pub next_request: u64,
 }
@@ -94,6 +96,7 @@ impl Table {
             next_generation: 1,
             log_routes: HashMap::new(),
             pending_signals: HashMap::new(),
+            children_started: HashMap::new(),
             next_request: 1,
         };
         for mut info in loaded.agents {
@@ -112,6 +115,12 @@ impl Table {
         for (info, request) in loaded.processes {
             let rec = ProcRecord { info, request };
             let id = rec.info.id.clone();
+            if !rec.info.parent_id.is_empty() {
+                *table
+                    .children_started
+                    .entry(rec.info.parent_id.clone())
+                    .or_default() += 1;
+            }
             if !rec.info.request_id.is_empty() {
                 table
                     .by_request

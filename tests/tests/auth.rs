@@ -585,6 +585,16 @@ async fn no_secret_in_logs_argv_or_environment() {
     }
     let mut p = Process::new(&c, ["/no/such/binary"]);
     assert!(matches!(p.start().await, Err(Error::Start { .. })));
+    // Function targets get the authkey in their preparation data (as CPython
+    // children inherit it); that path must not leak it either. This one
+    // uses it: it starts children of its own.
+    let mut p = Process::function(&c, "spawn_children", &1u32)
+        .unwrap()
+        .program(env!("CARGO_BIN_EXE_mpctl-test-worker"));
+    p.start().await.unwrap();
+    p.join(None).await.unwrap();
+    assert_eq!(p.exitcode(), Some(0));
+    assert!(!stdout_of(&p).await.contains(&hex));
 
     // A wrong-key client, through the SDK and the CLI (at trace level too).
     assert!(Cluster::connect(&tc.addr, &wrong, Security::Tls)

@@ -93,14 +93,25 @@ impl AuthKey {
                 ),
             ));
         }
-        let mut key = [0u8; AUTHKEY_LEN];
-        for (i, pair) in text.chunks_exact(2).enumerate() {
-            match (hex_val(pair[0]), hex_val(pair[1])) {
-                (Some(h), Some(l)) => key[i] = (h << 4) | l,
-                _ => return Err(malformed(path, "it contains non-hex characters")),
-            }
-        }
-        Ok(AuthKey(key))
+        parse_hex(text)
+            .map(AuthKey)
+            .ok_or_else(|| malformed(path, "it contains non-hex characters"))
+    }
+
+    /// The key as 64 hex characters, for handing it to a managed child over
+    /// a private pipe (the bootstrap's preparation data), as CPython hands a
+    /// child its parent's authkey. Never log or print it.
+    pub fn expose_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The inverse of [`AuthKey::expose_hex`]; `None` unless exactly 64 hex
+    /// characters.
+    pub fn from_hex(text: &str) -> Option<AuthKey> {
+        (text.len() == 2 * AUTHKEY_LEN)
+            .then(|| parse_hex(text.as_bytes()))
+            .flatten()
+            .map(AuthKey)
     }
 
     /// Generates a new key and writes it to `path` (creating the parent
@@ -180,6 +191,14 @@ fn malformed(path: &Path, reason: &str) -> TransportError {
         path: path.to_path_buf(),
         reason: reason.to_string(),
     }
+}
+
+fn parse_hex(text: &[u8]) -> Option<[u8; AUTHKEY_LEN]> {
+    let mut key = [0u8; AUTHKEY_LEN];
+    for (i, pair) in text.chunks_exact(2).enumerate() {
+        key[i] = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
+    }
+    Some(key)
 }
 
 fn hex_val(c: u8) -> Option<u8> {

@@ -14,7 +14,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use mpctl_proto::bootstrap::{Preparation, MAX_RESULT, PREP_FD, RESULT_FD, VERSION};
 
-use super::{sys as fds, CurrentProcess, Runtime, CURRENT};
+use super::{sys as fds, CurrentProcess, Runtime, AUTHKEY, CURRENT};
 
 pub fn flush_stdio() {
     let _ = std::io::stdout().flush();
@@ -62,7 +62,16 @@ pub fn run_prepared(runtime: &Runtime) -> ! {
         name: prep.name.clone(),
         node: prep.node.clone(),
         parent_id: prep.parent_id.clone(),
+        coordinator: prep.coordinator.clone(),
+        security: if prep.security == "plaintext" {
+            mpctl_transport::Security::PlaintextLoopback
+        } else {
+            mpctl_transport::Security::Tls
+        },
     });
+    if let Some(key) = mpctl_transport::AuthKey::from_hex(&prep.authkey) {
+        let _ = AUTHKEY.set(key);
+    }
     let Some(function) = runtime.functions.get(&prep.function) else {
         let known: Vec<&str> = runtime.names().collect();
         fail(

@@ -50,9 +50,26 @@ pub struct CurrentProcess {
     pub name: String,
     pub node: String,
     pub parent_id: String,
+    /// The coordinator its processes are started through.
+    pub coordinator: String,
+    pub security: mpctl_transport::Security,
 }
 
 static CURRENT: OnceLock<CurrentProcess> = OnceLock::new();
+/// The authkey inherited from the agent (as CPython's children inherit
+/// their parent's); kept apart from `CurrentProcess` so it is never printed.
+static AUTHKEY: OnceLock<mpctl_transport::AuthKey> = OnceLock::new();
+
+/// The coordinator and key a managed process uses to start its own children.
+pub(crate) fn cluster_credentials() -> Option<(
+    String,
+    &'static mpctl_transport::AuthKey,
+    mpctl_transport::Security,
+)> {
+    let me = CURRENT.get()?;
+    let key = AUTHKEY.get()?;
+    (!me.coordinator.is_empty()).then(|| (me.coordinator.clone(), key, me.security))
+}
 
 /// This process, if it was started as a function target (like CPython's
 /// `current_process()` in a child).

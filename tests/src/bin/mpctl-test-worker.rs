@@ -54,8 +54,99 @@ fn set_flag() {
     }
 }
 
+/// Runs `f` on a fresh tokio runtime: functions that use the SDK from inside
+/// a managed process.
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Runtime::new()
+        .expect("tokio runtime")
+        .block_on(f)
+}
+
+#[derive(Serialize)]
+struct ChildReport {
+    name: String,
+    parent_id: String,
+    exitcode: Option<i32>,
+    parent_name: Option<String>,
+}
+
+/// Starts `n` sleeping children and counts them with `active_children()`
+/// (then terminates them), then starts `n` children running `parent_name`,
+/// joins them, and reports what each saw.
+fn spawn_children(n: u32) -> (usize, Vec<ChildReport>) {
+    block_on(async move {
+        let cluster = mpctl::Cluster::from_env()
+            .await
+            .expect("cluster from a managed process");
+        let mut sleepers = Vec::new();
+        for _ in 0..n {
+            let mut p = mpctl::Process::function(&cluster, "sleep_ms", &60_000u64).unwrap();
+            p.start().await.expect("start a child");
+            sleepers.push(p);
+        }
+        let active = mpctl::active_children(&cluster).await.unwrap().len();
+        for p in &mut sleepers {
+            p.terminate().await.unwrap();
+            p.join(None).await.unwrap();
+        }
+        let mut children = Vec::new();
+        for _ in 0..n {
+            let mut p = mpctl::Process::function(&cluster, "parent_name", &()).unwrap();
+            p.start().await.expect("start a child");
+            children.push(p);
+        }
+        let mut reports = Vec::new();
+        for mut p in children {
+            p.join(None).await.unwrap();
+            reports.push(ChildReport {
+                name: p.name().to_owned(),
+                parent_id: p.info().unwrap().parent_id.clone(),
+                exitcode: p.exitcode(),
+                parent_name: p.result::<String>().and_then(Result::ok),
+            });
+        }
+        (active, reports)
+    })
+}
+
+fn parent_name(_: ()) -> String {
+    block_on(async {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let parent = mpctl::parent_process(&cluster)
+            .await
+            .unwrap()
+            .expect("a parent");
+        parent.name().to_owned()
+    })
+}
+
+/// Tries to start a child; returns the error (a daemonic parent gets one).
+fn try_child(_: ()) -> Option<String> {
+    block_on(async {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut p = mpctl::Process::function(&cluster, "noop", &()).unwrap();
+        p.start().await.err().map(|e| e.to_string())
+    })
+}
+
+/// Starts a daemonic child that sleeps, returns its id, and exits.
+fn start_daemon_child(_: ()) -> String {
+    block_on(async {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut p = mpctl::Process::function(&cluster, "sleep_ms", &60_000u64)
+            .unwrap()
+            .daemon(true);
+        p.start().await.unwrap();
+        p.id().unwrap().to_owned()
+    })
+}
+
 fn main() {
     Runtime::new()
+        .function("spawn_children", spawn_children)
+        .function("parent_name", parent_name)
+        .function("try_child", try_child)
+        .function("start_daemon_child", start_daemon_child)
         .preload("set_flag", set_flag)
         .preload("panic", || panic!("preload failed on purpose"))
         .function("read_flag", |(): ()| FLAG.load(Ordering::SeqCst))
