@@ -164,6 +164,7 @@ async fn watch_launcher(
         while let Some(event) = events.recv().await {
             match event {
                 LauncherEvent::Exited(e) => state.exited(exit_report(&procs_dir, e).await),
+                LauncherEvent::Adopted(l) => state.adopted(l),
                 LauncherEvent::Disconnected(reason) => {
                     tracing::error!(%reason, "lost the connection to the node's launcher; reattaching");
                     break;

@@ -312,6 +312,13 @@ fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
                 }
                 .into(),
                 authkey: config.authkey.expose_hex(),
+                adopt_socket: config
+                    .data_dir
+                    .join("launcher")
+                    .join(crate::launcher::ADOPT_SOCKET_FILE)
+                    .to_string_lossy()
+                    .into_owned(),
+                procs_dir: config.data_dir.join("procs").to_string_lossy().into_owned(),
             };
             let mut argv = vec![f.program.clone()];
             argv.extend(f.program_args.iter().cloned());

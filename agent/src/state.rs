@@ -113,6 +113,22 @@ impl NodeState {
         }
     }
 
+    /// A child forked by a managed process was adopted by the launcher: it
+    /// runs here from now on.
+    pub fn adopted(&self, l: crate::launcher::Launched) {
+        let mut g = self.lock();
+        g.running.insert(l.id.clone(), l.pid);
+        if let Some(tx) = &g.session {
+            let _ = tx.send(AgentMessage {
+                msg: Some(Msg::Launched(mpctl_proto::v1::Launched {
+                    process_id: l.id,
+                    pid: l.pid,
+                    at_unix_ms: l.at_unix_ms,
+                })),
+            });
+        }
+    }
+
     /// An exit from the launcher: remember it until acknowledged and report it.
     pub fn exited(&self, e: Exited) {
         let mut g = self.lock();

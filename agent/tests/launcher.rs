@@ -137,6 +137,7 @@ impl Node {
                     self.early.insert(rec.id.clone(), rec);
                 }
                 LauncherEvent::Disconnected(r) => panic!("disconnected: {r}"),
+                LauncherEvent::Adopted(l) => panic!("nothing forks in these tests: {l:?}"),
             }
         }
     }

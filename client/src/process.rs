@@ -274,6 +274,9 @@ impl Process {
         if self.info.is_some() {
             return Err(Error::AlreadyStarted);
         }
+        if self.request.start_method == StartMethod::Fork as i32 {
+            return self.start_fork().await;
+        }
         let response = self.cluster.api().start(self.request.clone()).await;
         match response {
             Ok(r) => {
@@ -285,6 +288,62 @@ impl Process {
             }),
             Err(s) => Err(Error::rpc("start", "", s)),
         }
+    }
+
+    /// Fork: this (managed) process forks itself on its node; the node's
+    /// launcher adopts the child. See [`crate::runtime`].
+    async fn start_fork(&mut self) -> Result<()> {
+        use crate::runtime::fork;
+        let start_error = |message: String| Error::Start { message };
+        let me = crate::runtime::current_process()
+            .ok_or_else(|| start_error(fork::NOT_ON_A_NODE.into()))?;
+        let f = self.request.function.clone().ok_or_else(|| {
+            start_error(
+                "start method fork starts function targets: the child runs a registered function of this program".into(),
+            )
+        })?;
+        let (addr, key, security) = crate::runtime::cluster_credentials()
+            .ok_or_else(|| start_error(fork::NOT_ON_A_NODE.into()))?;
+        self.request
+            .placement
+            .get_or_insert_with(Default::default)
+            .node = me.node.clone();
+        self.request.parent_id = me.id.clone();
+        let info = match self.cluster.api().start(self.request.clone()).await {
+            Ok(r) => r.into_inner().process.unwrap_or_default(),
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                return Err(start_error(s.message().to_owned()))
+            }
+            Err(s) => return Err(Error::rpc("start", "", s)),
+        };
+        let prep = mpctl_proto::bootstrap::Preparation {
+            version: mpctl_proto::bootstrap::VERSION,
+            id: info.id.clone(),
+            name: info.name.clone(),
+            node: me.node.clone(),
+            parent_id: me.id.clone(),
+            function: f.function.clone(),
+            args: String::from_utf8_lossy(&f.args).into_owned(),
+            start_method: "fork".into(),
+            coordinator: addr,
+            security: match security {
+                crate::Security::Tls => "tls",
+                crate::Security::PlaintextLoopback => "plaintext",
+            }
+            .into(),
+            authkey: key.expose_hex(),
+            adopt_socket: String::new(),
+            procs_dir: String::new(),
+        };
+        let pid = fork::start(prep).map_err(|message| Error::Start {
+            message: format!("cannot fork {}: {message}", info.name),
+        })?;
+        self.info = Some(ProcessInfo {
+            pid,
+            state: ProcessState::Started as i32,
+            ..info
+        });
+        Ok(())
     }
 
     /// Waits until the process stops or `timeout` passes; like CPython,

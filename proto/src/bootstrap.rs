@@ -45,6 +45,12 @@ pub struct Preparation {
     /// travels in this pipe and is never logged.
     #[serde(default)]
     pub authkey: String,
+    /// The node launcher's adoption socket, for the fork start method.
+    #[serde(default)]
+    pub adopt_socket: String,
+    /// Where the node keeps process output (`<procs_dir>/<id>/...`).
+    #[serde(default)]
+    pub procs_dir: String,
 }
 
 /// Set to the descriptor of the forkserver's socket to its launcher (always
@@ -90,4 +96,28 @@ pub enum FromForkserver {
         pid: i32,
         exitcode: i32,
     },
+}
+
+/// A managed process → its node's launcher, on the adoption socket
+/// (SOCK_SEQPACKET, `Preparation::adopt_socket`): the fork start method.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToAdopt {
+    /// "I forked `pid` for process `id`": carries by SCM_RIGHTS the child's
+    /// pidfd and the read end of its result pipe, in that order.
+    Adopt {
+        id: String,
+        pid: i32,
+        result_path: String,
+    },
+    /// The forking parent reaped its child (while it lives, the parent is the
+    /// child's real parent; after it dies the launcher, a subreaper, is).
+    Exited { pid: i32, exitcode: i32 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromAdopt {
+    Adopted,
+    Refused { error: String },
 }

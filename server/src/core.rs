@@ -181,6 +181,11 @@ impl Core {
             }
         };
         Self::durable(pending).await?;
+        let fork = self.get(&id)?.start_method == StartMethod::Fork as i32;
+        if fork {
+            // The caller forks now; the node's Launched arrives with the adoption.
+            return self.get(&id);
+        }
         self.start_outcome(&id).await
     }
 
@@ -249,13 +254,30 @@ impl Core {
                 created_unix_ms: now_ms(),
                 request_id: req.request_id.clone(),
                 start_method: match StartMethod::try_from(req.start_method) {
-                    Ok(StartMethod::Forkserver) => StartMethod::Forkserver,
+                    Ok(m @ (StartMethod::Forkserver | StartMethod::Fork)) => m,
                     _ => StartMethod::Spawn,
                 } as i32,
                 ..Default::default()
             };
             let placement = req.placement.clone().unwrap_or_default();
-            let decision = placement::decide(&t.agents, &placement);
+            let fork = req.start_method == StartMethod::Fork as i32;
+            let decision = if fork {
+                // The child already exists (or is about to) on the parent's
+                // node: no placement, no slot check, no launch.
+                match t
+                    .agents
+                    .get(&placement.node)
+                    .and_then(|a| a.session.as_ref())
+                {
+                    Some(_) => Decision::Assign(placement.node.clone()),
+                    None => Decision::NoMatch(format!(
+                        "node {} of the forking parent is not connected",
+                        placement.node
+                    )),
+                }
+            } else {
+                placement::decide(&t.agents, &placement)
+            };
             if let Decision::NoMatch(why) = decision {
                 return Err(Status::failed_precondition(format!(
                     "cannot place process: {why}"
@@ -267,6 +289,7 @@ impl Core {
             t.procs
                 .insert(id.clone(), ProcRecord { info, request: req });
             match decision {
+                Decision::Assign(node) if fork => adopt_placeholder(t, &id, &node, &mut fx),
                 Decision::Assign(node) => assign(t, &id, &node, &mut fx),
                 _ => {
                     t.queue.push_back(id.clone());
@@ -656,6 +679,8 @@ impl Core {
                 .values()
                 .filter(|r| r.info.node == name && !known.contains(&r.info.id))
                 .filter(|r| matches!(r.state(), ProcessState::Launching | ProcessState::Started))
+                // A fork's child is adopted, never launched by the node.
+                .filter(|r| r.info.start_method != StartMethod::Fork as i32)
                 .map(|r| r.info.id.clone())
                 .collect();
             for id in mine {
@@ -861,6 +886,18 @@ fn launch_message(rec: &ProcRecord) -> Launch {
         function: rec.request.function.clone(),
         parent_id: rec.info.parent_id.clone(),
     }
+}
+
+/// Records a fork's child on its parent's node; the node reports it as
+/// launched when its launcher adopts it.
+fn adopt_placeholder(t: &mut Table, id: &str, node: &str, fx: &mut Effects) {
+    if let Some(agent) = t.agents.get_mut(node) {
+        agent.running.insert(id.to_owned());
+    }
+    let rec = t.procs.get_mut(id).expect("caller inserted the process");
+    rec.info.node = node.to_owned();
+    rec.info.state = ProcessState::Launching as i32;
+    fx.put(rec);
 }
 
 /// Places `id` on `node` and sends the launch once the row is durable.

@@ -23,9 +23,19 @@ pub fn start_request(req: &StartRequest) -> Result<(), Status> {
     match StartMethod::try_from(req.start_method) {
         Ok(StartMethod::Unspecified | StartMethod::Spawn) => {}
         Ok(StartMethod::Fork) => {
-            return Err(Status::failed_precondition(
-                "start method fork needs the parent on the target node (the child is a copy of its parent); use spawn or forkserver from here",
-            ))
+            // The SDK forks the caller itself, then asks the node to adopt
+            // the child; the coordinator only records it.
+            if req.parent_id.is_empty() || req.placement.as_ref().is_none_or(|p| p.node.is_empty())
+            {
+                return Err(Status::failed_precondition(
+                    "start method fork needs the parent on the target node (the child is a copy of its parent): only a managed process can fork, through the SDK; use spawn or forkserver from here",
+                ));
+            }
+            if req.function.is_none() {
+                return Err(bad(
+                    "start method fork starts function targets (the child runs a registered function of the forking program)".into(),
+                ));
+            }
         }
         Ok(StartMethod::Forkserver) => {}
         Err(_) => return Err(bad(format!("unknown start method {}", req.start_method))),

@@ -47,8 +47,8 @@ fn preload_runs(log: &std::path::Path) -> usize {
         .unwrap_or(0)
 }
 
-/// The seed test without fork (not built yet): spawn sees the flag's initial
-/// value; forkserver sees what its preload set.
+/// From outside the cluster: spawn sees the flag's initial value, forkserver
+/// what its preload set. (The full seed test, with fork, is in fork.rs.)
 #[tokio::test(flavor = "multi_thread")]
 async fn spawn_sees_the_initial_value_forkserver_the_preloaded_one() {
     let tc = TestCluster::with_agent(4);
@@ -61,15 +61,17 @@ async fn spawn_sees_the_initial_value_forkserver_the_preloaded_one() {
             .program(WORKER),
     )
     .await;
-    assert!(
-        !spawned.result::<bool>().unwrap().unwrap(),
+    assert_eq!(
+        spawned.result::<u32>().unwrap().unwrap(),
+        0,
         "spawn: initial value"
     );
 
     let forked = finish(forkserver(&c, "read_flag", &(), &log)).await;
     assert_eq!(forked.exitcode(), Some(0));
-    assert!(
-        forked.result::<bool>().unwrap().unwrap(),
+    assert_eq!(
+        forked.result::<u32>().unwrap().unwrap(),
+        2,
         "forkserver: preloaded value"
     );
     assert_eq!(

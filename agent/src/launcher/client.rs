@@ -37,6 +37,8 @@ pub enum LauncherEvent {
     /// A managed process exited (journaled by the launcher; ack it once it is
     /// stored elsewhere).
     Exited(ExitRecord),
+    /// A forked child was adopted (the fork start method).
+    Adopted(Launched),
     /// The connection is gone (the reason); reconnect to get the Hello again.
     Disconnected(String),
 }
@@ -284,6 +286,7 @@ fn dispatch(shared: &Shared, events: &mpsc::UnboundedSender<LauncherEvent>, msg:
             None => tracing::warn!(%id, "unexpected Signaled from launcher"),
         },
         FromLauncher::Exited(rec) => drop(events.send(LauncherEvent::Exited(rec))),
+        FromLauncher::Adopted(l) => drop(events.send(LauncherEvent::Adopted(l))),
         FromLauncher::Hello(_) => tracing::warn!("unexpected second Hello from launcher"),
     }
 }

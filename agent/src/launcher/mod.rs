@@ -12,6 +12,7 @@
 //! child and no open output pipe. It uses no async runtime: one `poll` loop
 //! ([`server`]). The agent side is the tokio [`client`].
 
+mod adopt;
 mod children;
 pub mod client;
 mod conn;
@@ -24,6 +25,7 @@ pub mod server;
 mod setup;
 mod sys;
 
+pub use adopt::ADOPT_SOCKET_FILE;
 pub use client::{LauncherClient, LauncherEvent};
 pub use error::{LaunchError, LauncherError, ProtocolError};
 pub use output::truncation_marker;

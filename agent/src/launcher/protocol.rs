@@ -108,9 +108,18 @@ pub enum ToLauncher {
 pub enum FromLauncher {
     Hello(Hello),
     Launched(Launched),
-    LaunchFailed { id: String, error: String },
-    Signaled { id: String, delivered: bool },
+    LaunchFailed {
+        id: String,
+        error: String,
+    },
+    Signaled {
+        id: String,
+        delivered: bool,
+    },
     Exited(ExitRecord),
+    /// A process forked by a managed process on this node was adopted (the
+    /// fork start method); it is tracked like a launched one from now on.
+    Adopted(Launched),
 }
 
 /// Serializes `msg` into one complete frame (length prefix included).

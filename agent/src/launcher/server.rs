@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signalfd::SignalFd;
 
+use super::adopt::{self, Adoption, Incoming};
 use super::children::{self, exitcode};
 use super::conn::Conn;
 use super::error::LauncherError;
@@ -24,7 +25,7 @@ use super::protocol::{
 };
 use super::setup::{self, SOCKET_FILE};
 use super::{log, sys};
-use mpctl_proto::bootstrap::FromForkserver;
+use mpctl_proto::bootstrap::{FromAdopt, FromForkserver};
 
 /// How long a freshly started launcher waits for its first agent before it
 /// exits for lack of anything to do.
@@ -45,6 +46,7 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
     let sigfd = setup::signals()?;
     let (journal, skipped) = Journal::open(dir)?;
     let listener = setup::listen(dir)?;
+    let adoption = Adoption::listen(dir)?;
     setup::ready_and_detach(dir)?;
     log(format_args!(
         "launcher {} serving {}",
@@ -67,6 +69,7 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         pipes: HashMap::new(),
         next_pipe: 0,
         forkservers: Forkservers::default(),
+        adoption,
         stop: false,
     };
     let result = server.serve();
@@ -93,6 +96,8 @@ enum Token {
     Conn,
     Pipe(u64),
     Forkserver(u64),
+    AdoptListener,
+    Adopt(u64),
 }
 
 struct Server {
@@ -109,6 +114,7 @@ struct Server {
     pipes: HashMap<u64, OutPipe>,
     next_pipe: u64,
     forkservers: Forkservers,
+    adoption: Adoption,
     stop: bool,
 }
 
@@ -127,15 +133,17 @@ impl Server {
             // nothing the old agent sent is lost when it is replaced).
             ready.sort_by_key(|(token, _)| match token {
                 Token::Pipe(_) => 0,
-                Token::Forkserver(_) => 1,
+                Token::Forkserver(_) | Token::Adopt(_) => 1,
                 Token::Signals => 2,
                 Token::Conn => 3,
-                Token::Listener => 4,
+                Token::Listener | Token::AdoptListener => 4,
             });
             for (token, revents) in ready {
                 match token {
                     Token::Pipe(key) => self.pump(key, PUMP_SLICE),
                     Token::Forkserver(t) => self.on_forkserver(t),
+                    Token::AdoptListener => self.adoption.accept_all(),
+                    Token::Adopt(k) => self.on_adopt(k),
                     Token::Signals => self.on_signals(),
                     Token::Conn => self.on_conn(revents),
                     Token::Listener => self.accept(),
@@ -176,6 +184,15 @@ impl Server {
         for (token, (_, server)) in &self.forkservers.servers {
             fds.push(PollFd::new(server.sock.as_fd(), PollFlags::POLLIN));
             tokens.push(Token::Forkserver(*token));
+        }
+        fds.push(PollFd::new(
+            self.adoption.listener.as_fd(),
+            PollFlags::POLLIN,
+        ));
+        tokens.push(Token::AdoptListener);
+        for (k, conn) in &self.adoption.conns {
+            fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
+            tokens.push(Token::Adopt(*k));
         }
         let timeout = if self.seen_agent {
             PollTimeout::NONE
@@ -460,6 +477,83 @@ impl Server {
             );
             self.send(&FromLauncher::LaunchFailed { id, error });
         }
+    }
+
+    fn on_adopt(&mut self, k: u64) {
+        let Some(conn) = self.adoption.conns.get(&k) else {
+            return;
+        };
+        let Some(messages) = adopt::receive(conn) else {
+            self.adoption.conns.remove(&k);
+            return;
+        };
+        for m in messages {
+            match m {
+                Incoming::Adopt {
+                    id,
+                    pid,
+                    result_path,
+                    fds,
+                } => {
+                    let answer = match self.adopt(&id, pid, &result_path, fds) {
+                        Ok(()) => FromAdopt::Adopted,
+                        Err(error) => {
+                            log(format_args!("adopting {id} (pid {pid}) refused: {error}"));
+                            FromAdopt::Refused { error }
+                        }
+                    };
+                    if let Some(conn) = self.adoption.conns.get(&k) {
+                        adopt::reply(conn, &answer);
+                    }
+                }
+                Incoming::Exited { pid, exitcode } => self.child_exited(pid, exitcode),
+            }
+        }
+    }
+
+    /// Tracks a child forked by a managed process: its pidfd for signals,
+    /// its result pipe like any other, its exit from its parent's report or
+    /// from our own reaping once it is an orphan.
+    fn adopt(
+        &mut self,
+        id: &str,
+        pid: i32,
+        result_path: &str,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(), String> {
+        let [pidfd, result]: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|_| "an adoption carries exactly a pidfd and a result pipe".to_owned())?;
+        if self.running.contains_key(id) || self.by_pid.contains_key(&pid) {
+            return Err(format!("{id} (pid {pid}) is already tracked"));
+        }
+        let path = PathBuf::from(result_path);
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        let file =
+            super::output::create_log_file(&path).map_err(|e| format!("{result_path}: {e}"))?;
+        let limit = mpctl_proto::bootstrap::MAX_RESULT as u64 + 1;
+        let pipe = OutPipe::new(result, file, &path, limit).map_err(|e| e.to_string())?;
+        let started_ms = now_ms();
+        let pipes = vec![self.add_pipe(pipe)];
+        self.running.insert(
+            id.to_owned(),
+            Running {
+                pid,
+                pidfd: Some(pidfd),
+                started_ms,
+                pipes,
+            },
+        );
+        self.by_pid.insert(pid, id.to_owned());
+        log(format_args!("adopted {id} as pid {pid}"));
+        self.send(&FromLauncher::Adopted(Launched {
+            id: id.to_owned(),
+            pid,
+            at_unix_ms: started_ms,
+        }));
+        Ok(())
     }
 
     fn add_pipe(&mut self, pipe: OutPipe) -> u64 {

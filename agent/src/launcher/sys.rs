@@ -263,3 +263,10 @@ pub fn fd_at_on_spawn(cmd: &mut std::process::Command, fd: RawFd, target: RawFd)
         });
     }
 }
+
+/// Owns a descriptor that `accept4` or `recvmsg` just created.
+pub fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: the kernel installed `fd` in this process in the call that
+    // returned it; nothing else knows of it yet.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -14,7 +14,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use mpctl_proto::bootstrap::{Preparation, MAX_RESULT, PREP_FD, RESULT_FD, VERSION};
 
-use super::{sys as fds, CurrentProcess, Runtime, AUTHKEY, CURRENT};
+use super::{set_current, sys as fds, CurrentProcess, Runtime, AUTHKEY, FORKED, NODE_PATHS};
 
 pub fn flush_stdio() {
     let _ = std::io::stdout().flush();
@@ -53,11 +53,26 @@ pub fn run_prepared(runtime: &Runtime) -> ! {
         ),
     };
     let name = prep.name.clone();
-    let mut result_pipe = match fds::adopt_pipe(RESULT_FD) {
+    let result_pipe = match fds::adopt_pipe(RESULT_FD) {
         Ok(f) => f,
         Err(e) => fail(&name, &format!("cannot open the result pipe: {e}")),
     };
-    let _ = CURRENT.set(CurrentProcess {
+    execute(runtime, prep, result_pipe)
+}
+
+/// Fork: the child of a managed process, already holding its result pipe.
+pub fn run_forked(runtime: &Runtime, prep: Preparation, result_pipe: std::fs::File) -> ! {
+    FORKED.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Err(e) = fds::forked_child_setup() {
+        fail(&prep.name, &format!("setting up the forked child: {e}"));
+    }
+    execute(runtime, prep, result_pipe)
+}
+
+/// Runs the target with CPython's outcome rules and exits.
+fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File) -> ! {
+    let name = prep.name.clone();
+    set_current(CurrentProcess {
         id: prep.id.clone(),
         name: prep.name.clone(),
         node: prep.node.clone(),
@@ -71,6 +86,9 @@ pub fn run_prepared(runtime: &Runtime) -> ! {
     });
     if let Some(key) = mpctl_transport::AuthKey::from_hex(&prep.authkey) {
         let _ = AUTHKEY.set(key);
+    }
+    if !prep.adopt_socket.is_empty() {
+        let _ = NODE_PATHS.set((prep.adopt_socket.clone(), prep.procs_dir.clone()));
     }
     let Some(function) = runtime.functions.get(&prep.function) else {
         let known: Vec<&str> = runtime.names().collect();

@@ -21,12 +21,14 @@
 //! ```
 
 mod bootstrap;
+pub(crate) mod fork;
 mod forkserver;
 mod sys;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -55,7 +57,19 @@ pub struct CurrentProcess {
     pub security: mpctl_transport::Security,
 }
 
-static CURRENT: OnceLock<CurrentProcess> = OnceLock::new();
+/// Who this process is; replaced in a forked child.
+static CURRENT: Mutex<Option<CurrentProcess>> = Mutex::new(None);
+/// The registry, kept by `init` so a forked child can run a function of it.
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+/// The node's adoption socket and output directory (for fork).
+static NODE_PATHS: OnceLock<(String, String)> = OnceLock::new();
+/// Set in a forked child: it leaves with `_exit`, not running the
+/// parent's exit handlers (as CPython's `os._exit` in fork children).
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+fn set_current(me: CurrentProcess) {
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+}
 /// The authkey inherited from the agent (as CPython's children inherit
 /// their parent's); kept apart from `CurrentProcess` so it is never printed.
 static AUTHKEY: OnceLock<mpctl_transport::AuthKey> = OnceLock::new();
@@ -66,21 +80,24 @@ pub(crate) fn cluster_credentials() -> Option<(
     &'static mpctl_transport::AuthKey,
     mpctl_transport::Security,
 )> {
-    let me = CURRENT.get()?;
+    let me = current_process()?;
     let key = AUTHKEY.get()?;
     (!me.coordinator.is_empty()).then(|| (me.coordinator.clone(), key, me.security))
 }
 
 /// This process, if it was started as a function target (like CPython's
 /// `current_process()` in a child).
-pub fn current_process() -> Option<&'static CurrentProcess> {
-    CURRENT.get()
+pub fn current_process() -> Option<CurrentProcess> {
+    CURRENT.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// Ends a function target with exit code `code` (like `sys.exit(n)`), after
 /// flushing stdout and stderr. `std::process::exit` would drop buffered output.
 pub fn exit(code: i32) -> ! {
     bootstrap::flush_stdio();
+    if FORKED.load(Ordering::SeqCst) {
+        sys::exit_now(code)
+    }
     std::process::exit(code)
 }
 
@@ -159,11 +176,15 @@ impl Runtime {
     /// exists (a forkserver forks).
     pub fn init(self) {
         use mpctl_proto::bootstrap::{ENV_BOOTSTRAP, ENV_FORKSERVER};
+        let _ = RUNTIME.set(self);
+        let Some(runtime) = RUNTIME.get() else {
+            return;
+        };
         if let Some(fd) = std::env::var_os(ENV_FORKSERVER) {
-            forkserver::serve(&self, &fd.to_string_lossy())
+            forkserver::serve(runtime, &fd.to_string_lossy())
         }
         if let Some(fds) = std::env::var_os(ENV_BOOTSTRAP) {
-            bootstrap::run(&self, &fds.to_string_lossy())
+            bootstrap::run(runtime, &fds.to_string_lossy())
         }
     }
 }

@@ -46,12 +46,16 @@ pub fn adopt_socket(fd: RawFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Forks the forkserver. The child continues in the returned `Child` arm.
+/// Forks. The child continues in the returned `Child` arm.
 pub fn fork() -> io::Result<ForkResult> {
-    // SAFETY: only the forkserver calls this, and it is single-threaded by
-    // contract (`Runtime::init` runs first in `main`, and the forkserver loop
-    // starts no thread), so the child inherits no lock held by another
-    // thread and may allocate and run the bootstrap like any process.
+    // SAFETY: two callers. The forkserver is single-threaded by contract
+    // (`Runtime::init` runs first in `main`, and its loop starts no thread),
+    // so its child inherits no lock held by another thread. The fork start
+    // method forks a managed process that may have other threads (a tokio
+    // runtime): its child then runs only the registered function and the
+    // bootstrap, whose allocations go through glibc malloc (fork-safe through
+    // its atfork handlers) and which take no lock of the parent's runtime.
+    // That is CPython's fork contract too, and why fork is opt-in.
     unsafe { nix::unistd::fork() }.map_err(io::Error::from)
 }
 
@@ -96,4 +100,38 @@ pub fn close_inherited(fd: RawFd) {
     unsafe {
         libc::close(fd);
     }
+}
+
+/// `pidfd_open(pid, 0)`: names the child for the launcher, immune to pid reuse.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Leaves a forked child at once: no exit handlers of the parent, no
+/// destructors (the caller flushed stdout and stderr).
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) ends the process; it has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// In a child forked by a managed process: its own process group (so a
+/// tree signal reaches only it and its descendants), stdin on /dev/null, an
+/// empty signal mask. stdout and stderr stay the parent's, as in CPython.
+pub fn forked_child_setup() -> io::Result<()> {
+    let null = OwnedFd::from(File::open("/dev/null")?);
+    place(&null, 0)?;
+    drop(null);
+    nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    )?;
+    nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+    Ok(())
 }

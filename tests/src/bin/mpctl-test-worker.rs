@@ -2,7 +2,7 @@
 //! function produces one of the outcomes of DESIGN §2.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use mpctl::runtime::{self, Runtime};
@@ -36,14 +36,14 @@ fn whoami(_: ()) -> WhoAmI {
     }
 }
 
-/// The seed test's module-level flag: false in a fresh program, true where
-/// the `set_flag` preload ran (a forkserver and the children it forks).
-static FLAG: AtomicBool = AtomicBool::new(false);
+/// The seed test's module-level flag: 0 in a fresh program, 1 once a
+/// parent set it (`seed_test`), 2 where the `set_flag` preload ran.
+static FLAG: AtomicU32 = AtomicU32::new(0);
 
-/// Preload hook: sets the flag and appends a line to the file named by
+/// Preload hook: sets the flag to 2 and appends a line to the file named by
 /// `MPCTL_TEST_PRELOAD_LOG`, so a test can count how often it ran.
 fn set_flag() {
-    FLAG.store(true, Ordering::SeqCst);
+    FLAG.store(2, Ordering::SeqCst);
     if let Some(path) = std::env::var_os("MPCTL_TEST_PRELOAD_LOG") {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -141,8 +141,70 @@ fn start_daemon_child(_: ()) -> String {
     })
 }
 
+/// DESIGN's seed test, run inside a managed parent: set the flag, then start
+/// one child per start method that reads it. Returns [spawn, forkserver, fork].
+fn seed_test(_: ()) -> Vec<u32> {
+    FLAG.store(1, Ordering::SeqCst);
+    block_on(async {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut seen = Vec::new();
+        for method in [
+            mpctl::StartMethod::Spawn,
+            mpctl::StartMethod::Forkserver,
+            mpctl::StartMethod::Fork,
+        ] {
+            let mut p = mpctl::Process::function(&cluster, "read_flag", &())
+                .unwrap()
+                .start_method(method)
+                .preload(["set_flag"]);
+            p.start().await.expect("start");
+            p.join(None).await.unwrap();
+            assert_eq!(p.exitcode(), Some(0), "{method:?}");
+            seen.push(p.result::<u32>().unwrap().unwrap());
+        }
+        seen
+    })
+}
+
+/// Forks a child that waits for `gate` (a FIFO) and exits 5, then returns
+/// its id and exits itself, leaving the child an orphan.
+fn fork_orphan(gate: String) -> String {
+    block_on(async {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut p = mpctl::Process::function(&cluster, "gate_then_exit", &(gate, 5))
+            .unwrap()
+            .start_method(mpctl::StartMethod::Fork);
+        p.start().await.expect("fork");
+        p.id().unwrap().to_owned()
+    })
+}
+
+/// Blocks until the FIFO `gate` is opened for writing and closed, then
+/// exits with `code`.
+fn gate_then_exit((gate, code): (String, i32)) {
+    let _ = std::fs::read(gate);
+    runtime::exit(code)
+}
+
+/// Forks a child of the given function and reports its exit code.
+fn fork_and_join((function, arg): (String, serde_json::Value)) -> Option<i32> {
+    block_on(async {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut p = mpctl::Process::function(&cluster, &function, &arg)
+            .unwrap()
+            .start_method(mpctl::StartMethod::Fork);
+        p.start().await.expect("fork");
+        p.join(None).await.unwrap();
+        p.exitcode()
+    })
+}
+
 fn main() {
     Runtime::new()
+        .function("seed_test", seed_test)
+        .function("fork_orphan", fork_orphan)
+        .function("gate_then_exit", gate_then_exit)
+        .function("fork_and_join", fork_and_join)
         .function("spawn_children", spawn_children)
         .function("parent_name", parent_name)
         .function("try_child", try_child)
