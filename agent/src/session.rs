@@ -384,6 +384,8 @@ async fn launch_inner(
             result_limit: bootstrap::MAX_RESULT as u64 + 1,
         }),
         forkserver: target.forkserver,
+        memory_limit: l.limits.map_or(0, |x| x.memory_bytes),
+        cpu_limit: l.limits.map_or(0, |x| x.cpu_seconds),
     };
     let client = launcher.get().await;
     match client.launch(spec).await {

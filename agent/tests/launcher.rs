@@ -84,6 +84,8 @@ impl Node {
             log_limit_bytes: 1 << 20,
             bootstrap: None,
             forkserver: None,
+            memory_limit: 0,
+            cpu_limit: 0,
         }
     }
 

@@ -241,6 +241,25 @@ impl Process {
         self
     }
 
+    /// Caps the process's address space (RLIMIT_AS): allocations past it fail.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.request
+            .limits
+            .get_or_insert_with(Default::default)
+            .memory_bytes = bytes;
+        self
+    }
+
+    /// Caps the process's CPU time (RLIMIT_CPU): past it the process gets
+    /// SIGXCPU (exit code -24), a second later SIGKILL.
+    pub fn cpu_limit(mut self, seconds: u64) -> Self {
+        self.request
+            .limits
+            .get_or_insert_with(Default::default)
+            .cpu_seconds = seconds;
+        self
+    }
+
     /// Cap for each of stdout and stderr on the node.
     pub fn log_limit(mut self, bytes: u64) -> Self {
         self.request.log_limit_bytes = bytes;
@@ -335,7 +354,11 @@ impl Process {
             adopt_socket: String::new(),
             procs_dir: String::new(),
         };
-        let pid = fork::start(prep).map_err(|message| Error::Start {
+        let limits = self
+            .request
+            .limits
+            .map_or((0, 0), |l| (l.memory_bytes, l.cpu_seconds));
+        let pid = fork::start(prep, limits).map_err(|message| Error::Start {
             message: format!("cannot fork {}: {message}", info.name),
         })?;
         self.info = Some(ProcessInfo {

@@ -68,7 +68,14 @@ pub const MAX_FORKSERVER_MESSAGE: usize = 64 << 10;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToForkserver {
-    Start { id: String },
+    Start {
+        id: String,
+        /// RLIMIT_AS and RLIMIT_CPU for the child (0: none).
+        #[serde(default)]
+        memory_bytes: u64,
+        #[serde(default)]
+        cpu_seconds: u64,
+    },
 }
 
 /// Forkserver → launcher.
@@ -120,4 +127,20 @@ pub enum ToAdopt {
 pub enum FromAdopt {
     Adopted,
     Refused { error: String },
+}
+
+/// Applies per-process limits as rlimits (0: no limit) to the calling
+/// process: used by the launcher between fork and exec, and by forkserver and
+/// fork children before they run. setrlimit(2) is async-signal-safe.
+pub fn apply_limits(memory_bytes: u64, cpu_seconds: u64) -> nix::Result<()> {
+    use nix::sys::resource::{setrlimit, Resource};
+    if memory_bytes > 0 {
+        setrlimit(Resource::RLIMIT_AS, memory_bytes, memory_bytes)?;
+    }
+    if cpu_seconds > 0 {
+        // Soft at the limit (SIGXCPU, exit code -24), hard one second later
+        // (SIGKILL) for a process that ignores SIGXCPU.
+        setrlimit(Resource::RLIMIT_CPU, cpu_seconds, cpu_seconds + 1)?;
+    }
+    Ok(())
 }

@@ -251,6 +251,7 @@ impl Core {
                 argv,
                 cwd,
                 function,
+                limits: req.limits,
                 created_unix_ms: now_ms(),
                 request_id: req.request_id.clone(),
                 start_method: match StartMethod::try_from(req.start_method) {
@@ -885,6 +886,7 @@ fn launch_message(rec: &ProcRecord) -> Launch {
         start_method: rec.info.start_method,
         function: rec.request.function.clone(),
         parent_id: rec.info.parent_id.clone(),
+        limits: rec.info.limits,
     }
 }
 

@@ -96,6 +96,20 @@ pub fn start_request(req: &StartRequest) -> Result<(), Status> {
             return Err(bad(format!("at most {MAX_LABELS} label selectors")));
         }
     }
+    if let Some(l) = &req.limits {
+        if l.memory_bytes != 0 && l.memory_bytes < 1 << 20 {
+            return Err(bad(format!(
+                "a memory limit of {} bytes is too small to start a program; give at least 1 MiB",
+                l.memory_bytes
+            )));
+        }
+        if l.cpu_seconds > 1 << 32 {
+            return Err(bad(format!(
+                "a CPU limit of {} s is not sensible",
+                l.cpu_seconds
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -98,6 +98,9 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
         cmd.current_dir(cwd);
     }
     sys::clean_signals_on_spawn(&mut cmd);
+    if spec.memory_limit > 0 || spec.cpu_limit > 0 {
+        sys::limits_on_spawn(&mut cmd, spec.memory_limit, spec.cpu_limit);
+    }
     let bootstrap = spec.bootstrap.as_ref().map(bootstrap_pipes).transpose()?;
     if let Some(b) = &bootstrap {
         sys::bootstrap_fds_on_spawn(

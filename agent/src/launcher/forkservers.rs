@@ -125,9 +125,13 @@ impl Forkservers {
 }
 
 /// Sends one start with the child's four descriptors.
-pub fn send_start(server: &Server, id: &str, fds: &[OwnedFd; 4]) -> io::Result<()> {
-    let body =
-        serde_json::to_vec(&ToForkserver::Start { id: id.to_owned() }).map_err(io::Error::other)?;
+pub fn send_start(server: &Server, spec: &LaunchSpec, fds: &[OwnedFd; 4]) -> io::Result<()> {
+    let body = serde_json::to_vec(&ToForkserver::Start {
+        id: spec.id.clone(),
+        memory_bytes: spec.memory_limit,
+        cpu_seconds: spec.cpu_limit,
+    })
+    .map_err(io::Error::other)?;
     let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     sendmsg::<UnixAddr>(
         server.sock.as_raw_fd(),

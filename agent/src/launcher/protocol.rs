@@ -39,6 +39,12 @@ pub struct LaunchSpec {
     /// runs once (the server is keyed by program and this list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forkserver: Option<Vec<String>>,
+    /// RLIMIT_AS in bytes (0: none).
+    #[serde(default)]
+    pub memory_limit: u64,
+    /// RLIMIT_CPU in seconds (0: none).
+    #[serde(default)]
+    pub cpu_limit: u64,
 }
 
 /// What a function target's child gets besides stdio: fd 3 reads the

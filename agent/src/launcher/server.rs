@@ -391,7 +391,7 @@ impl Server {
             .servers
             .get_mut(&token)
             .expect("found or started");
-        forkservers::send_start(server, &spec.id, &fds)
+        forkservers::send_start(server, spec, &fds)
             .map_err(|e| format!("sending the start to the forkserver: {e}"))?;
         server
             .pending

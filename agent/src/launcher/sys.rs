@@ -270,3 +270,17 @@ pub fn own(fd: RawFd) -> OwnedFd {
     // returned it; nothing else knows of it yet.
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
+
+/// Makes the child of `cmd` run under the process's rlimits
+/// (`mpctl_proto::bootstrap::apply_limits`).
+pub fn limits_on_spawn(cmd: &mut std::process::Command, memory_bytes: u64, cpu_seconds: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // setrlimit(2) (through nix, which allocates nothing for it): async-
+    // signal-safe, no lock taken.
+    unsafe {
+        cmd.pre_exec(move || {
+            mpctl_proto::bootstrap::apply_limits(memory_bytes, cpu_seconds).map_err(io::Error::from)
+        });
+    }
+}

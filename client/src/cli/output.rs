@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mpctl::proto::{AgentInfo, AgentState, ProcessInfo, ProcessState};
+use mpctl::proto::{AgentInfo, AgentState, ProcessInfo, ProcessState, StartMethod};
 use serde_json::{json, Value};
 
 pub fn state_name(state: i32) -> &'static str {
@@ -47,6 +47,16 @@ pub fn process_json(p: &ProcessInfo) -> Value {
         "parent_id": (!p.parent_id.is_empty()).then_some(&p.parent_id),
         "argv": p.argv,
         "cwd": (!p.cwd.is_empty()).then_some(&p.cwd),
+        "start_method": match StartMethod::try_from(p.start_method) {
+            Ok(StartMethod::Forkserver) => "forkserver",
+            Ok(StartMethod::Fork) => "fork",
+            _ => "spawn",
+        },
+        "function": (!p.function.is_empty()).then_some(&p.function),
+        "limits": p.limits.map(|l| json!({
+            "memory_bytes": (l.memory_bytes != 0).then_some(l.memory_bytes),
+            "cpu_seconds": (l.cpu_seconds != 0).then_some(l.cpu_seconds),
+        })),
         "created_unix_ms": opt_ms(p.created_unix_ms),
         "started_unix_ms": opt_ms(p.started_unix_ms),
         "stopped_unix_ms": opt_ms(p.stopped_unix_ms),

@@ -29,6 +29,12 @@ pub struct RunArgs {
     /// Cap for each of stdout and stderr on the node, in bytes
     #[arg(long, value_name = "BYTES")]
     log_limit: Option<u64>,
+    /// Memory limit (address space), e.g. 512M or 2G
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// CPU-time limit in seconds (then SIGXCPU, exit code -24)
+    #[arg(long, value_name = "SECONDS")]
+    cpu_seconds: Option<u64>,
     /// Idempotency key: a start retried with the same key never runs twice
     #[arg(long)]
     request_id: Option<String>,
@@ -38,6 +44,22 @@ pub struct RunArgs {
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+/// `512M`, `2G`, `1048576`: bytes with an optional K/M/G suffix (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        _ => (t, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{s:?} is not a size: give bytes, or a number with K, M or G"))
 }
 
 fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
@@ -76,6 +98,12 @@ fn build(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<Process> {
     }
     if let Some(l) = a.log_limit {
         p = p.log_limit(l);
+    }
+    if let Some(m) = a.memory {
+        p = p.memory_limit(m);
+    }
+    if let Some(c) = a.cpu_seconds {
+        p = p.cpu_limit(c);
     }
     if let Some(r) = &a.request_id {
         p = p.request_id(r);

@@ -61,9 +61,17 @@ pub fn run_prepared(runtime: &Runtime) -> ! {
 }
 
 /// Fork: the child of a managed process, already holding its result pipe.
-pub fn run_forked(runtime: &Runtime, prep: Preparation, result_pipe: std::fs::File) -> ! {
+pub fn run_forked(
+    runtime: &Runtime,
+    prep: Preparation,
+    result_pipe: std::fs::File,
+    (memory_bytes, cpu_seconds): (u64, u64),
+) -> ! {
     FORKED.store(true, std::sync::atomic::Ordering::SeqCst);
-    if let Err(e) = fds::forked_child_setup() {
+    let setup = fds::forked_child_setup().and_then(|()| {
+        mpctl_proto::bootstrap::apply_limits(memory_bytes, cpu_seconds).map_err(Into::into)
+    });
+    if let Err(e) = setup {
         fail(&prep.name, &format!("setting up the forked child: {e}"));
     }
     execute(runtime, prep, result_pipe)

@@ -25,7 +25,7 @@ pub const NOT_ON_A_NODE: &str = "start method fork needs the parent on the targe
 
 /// Forks this process for `prep` and has the node adopt the child; returns
 /// the child's pid.
-pub fn start(prep: Preparation) -> Result<i32, String> {
+pub fn start(prep: Preparation, limits: (u64, u64)) -> Result<i32, String> {
     let runtime = RUNTIME
         .get()
         .ok_or("fork runs a registered function: call Runtime::init() first in main")?;
@@ -39,7 +39,7 @@ pub fn start(prep: Preparation) -> Result<i32, String> {
         ForkResult::Child => {
             drop(result_read);
             drop(sock);
-            bootstrap::run_forked(runtime, prep, std::fs::File::from(result_write))
+            bootstrap::run_forked(runtime, prep, std::fs::File::from(result_write), limits)
         }
         ForkResult::Parent { child } => {
             drop(result_write);

@@ -164,8 +164,12 @@ fn serve_one(runtime: &Runtime, sock: &OwnedFd, sigfd: &SignalFd) {
         // The launcher is gone: so is our reason to exist.
         std::process::exit(0);
     }
-    let id = match serde_json::from_slice::<ToForkserver>(&buf[..len]) {
-        Ok(ToForkserver::Start { id }) => id,
+    let (id, limits) = match serde_json::from_slice::<ToForkserver>(&buf[..len]) {
+        Ok(ToForkserver::Start {
+            id,
+            memory_bytes,
+            cpu_seconds,
+        }) => (id, (memory_bytes, cpu_seconds)),
         Err(e) => die(&format!("malformed start: {e}")),
     };
     if received.len() != 4 {
@@ -197,7 +201,7 @@ fn serve_one(runtime: &Runtime, sock: &OwnedFd, sigfd: &SignalFd) {
         std::os::fd::AsRawFd::as_raw_fd(sigfd),
     ];
     match sys::fork() {
-        Ok(ForkResult::Child) => child(runtime, fds, server_fds),
+        Ok(ForkResult::Child) => child(runtime, fds, server_fds, limits),
         Ok(ForkResult::Parent { child }) => {
             // Closed here, so no later child inherits a sibling's pipes.
             drop(fds);
@@ -221,7 +225,12 @@ fn serve_one(runtime: &Runtime, sock: &OwnedFd, sigfd: &SignalFd) {
 
 /// In the forked child: stdio and the bootstrap pipes in place, a clean
 /// signal mask, its own process group, then the bootstrap.
-fn child(runtime: &Runtime, fds: Vec<OwnedFd>, server_fds: [std::os::fd::RawFd; 2]) -> ! {
+fn child(
+    runtime: &Runtime,
+    fds: Vec<OwnedFd>,
+    server_fds: [std::os::fd::RawFd; 2],
+    (memory_bytes, cpu_seconds): (u64, u64),
+) -> ! {
     // The server's socket and signalfd are not the child's (close-on-exec
     // does not help: it never execs). Closed first: the socket sits on fd 3,
     // where the preparation pipe goes.
@@ -239,6 +248,7 @@ fn child(runtime: &Runtime, fds: Vec<OwnedFd>, server_fds: [std::os::fd::RawFd; 
         }
         nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+        mpctl_proto::bootstrap::apply_limits(memory_bytes, cpu_seconds)?;
         Ok(())
     };
     if let Err(e) = setup() {

@@ -199,8 +199,16 @@ fn fork_and_join((function, arg): (String, serde_json::Value)) -> Option<i32> {
     })
 }
 
+/// This process's (RLIMIT_AS, RLIMIT_CPU) soft limits; u64::MAX is none.
+fn rlimits(_: ()) -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, Resource};
+    let soft = |r| getrlimit(r).map_or(0, |(s, _)| s);
+    (soft(Resource::RLIMIT_AS), soft(Resource::RLIMIT_CPU))
+}
+
 fn main() {
     Runtime::new()
+        .function("rlimits", rlimits)
         .function("seed_test", seed_test)
         .function("fork_orphan", fork_orphan)
         .function("gate_then_exit", gate_then_exit)
