@@ -24,6 +24,16 @@ struct Inner {
     session: Option<SessionTx>,
 }
 
+impl Inner {
+    /// To the coordinator, if a session is open (otherwise the next
+    /// `Register` carries what matters: running processes and unacked exits).
+    fn send(&self, msg: Msg) {
+        if let Some(tx) = &self.session {
+            let _ = tx.send(AgentMessage { msg: Some(msg) });
+        }
+    }
+}
+
 pub struct NodeState {
     inner: Mutex<Inner>,
     exits: watch::Sender<u64>,
@@ -60,11 +70,7 @@ impl NodeState {
         g.running = running.iter().map(|r| (r.id.clone(), r.pid)).collect();
         for e in exited {
             if !g.unacked.contains_key(&e.process_id) {
-                if let Some(tx) = &g.session {
-                    let _ = tx.send(AgentMessage {
-                        msg: Some(Msg::Exited(e.clone())),
-                    });
-                }
+                g.send(Msg::Exited(e.clone()));
                 g.unacked.insert(e.process_id.clone(), e);
             }
         }
@@ -93,9 +99,7 @@ impl NodeState {
     }
 
     pub fn send(&self, msg: Msg) {
-        if let Some(tx) = &self.lock().session {
-            let _ = tx.send(AgentMessage { msg: Some(msg) });
-        }
+        self.lock().send(msg);
     }
 
     pub fn launching(&self, id: &str) {
@@ -118,15 +122,11 @@ impl NodeState {
     pub fn adopted(&self, l: crate::launcher::Launched) {
         let mut g = self.lock();
         g.running.insert(l.id.clone(), l.pid);
-        if let Some(tx) = &g.session {
-            let _ = tx.send(AgentMessage {
-                msg: Some(Msg::Launched(mpctl_proto::v1::Launched {
-                    process_id: l.id,
-                    pid: l.pid,
-                    at_unix_ms: l.at_unix_ms,
-                })),
-            });
-        }
+        g.send(Msg::Launched(mpctl_proto::v1::Launched {
+            process_id: l.id,
+            pid: l.pid,
+            at_unix_ms: l.at_unix_ms,
+        }));
     }
 
     /// An exit from the launcher: remember it until acknowledged and report it.
@@ -136,11 +136,7 @@ impl NodeState {
         if g.launching.contains(&e.process_id) {
             g.exited_while_launching.insert(e.process_id.clone());
         }
-        if let Some(tx) = &g.session {
-            let _ = tx.send(AgentMessage {
-                msg: Some(Msg::Exited(e.clone())),
-            });
-        }
+        g.send(Msg::Exited(e.clone()));
         g.unacked.insert(e.process_id.clone(), e);
         drop(g);
         self.exits.send_modify(|n| *n = n.wrapping_add(1));

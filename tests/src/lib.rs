@@ -112,6 +112,14 @@ impl Daemon {
     }
 }
 
+/// A daemon a test forgot, or left behind by panicking, does not outlive it.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Options for a test cluster.
 #[derive(Clone)]
 pub struct Options {
@@ -295,16 +303,22 @@ impl Drop for TestCluster {
     }
 }
 
+/// Every pid on the machine.
+fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Pids whose command line contains `needle`.
 pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    for pid in all_pids() {
         if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             if cmd.contains(needle) {
@@ -318,13 +332,7 @@ pub fn pids_with_cmdline(needle: &str) -> Vec<i32> {
 /// (pid, session id, state) of every process.
 pub fn process_table() -> Vec<(i32, i32, char, i32)> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
+    for pid in all_pids() {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
             continue;
         };

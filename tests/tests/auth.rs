@@ -2,12 +2,11 @@
 //! §5): wrong keys, role separation, handshake replay, plaintext refusal, no
 //! secret in logs, argv or environment, and `mpctl keygen`.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use mpctl::proto::{
@@ -15,7 +14,7 @@ use mpctl::proto::{
     process_manager_client::ProcessManagerClient, AgentMessage, ListRequest, Register,
 };
 use mpctl::{AuthKey, Cluster, Error, LogStream, Process, Security};
-use mpctl_tests::{mpctl_bin, pids_with_cmdline, Options, TestCluster, READY};
+use mpctl_tests::{mpctl_bin, pids_with_cmdline, Daemon, Options, TestCluster, READY};
 use mpctl_transport::handshake::{
     client_mac, server_mac, HELLO_LEN, MAC_LEN, MAGIC, NONCE_LEN, PLAINTEXT_BINDING, STATUS_FAIL,
     STATUS_OK,
@@ -119,57 +118,6 @@ fn output_within(mut cmd: Command, timeout: Duration) -> Output {
             );
             panic!("mpctl (pid {pid}) did not exit within {timeout:?}");
         }
-    }
-}
-
-/// A long-running `mpctl` whose stderr is read line by line; stopped on drop.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn mpctl");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log2 = Arc::clone(&log);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                log2.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        Running { child, lines, log }
-    }
-
-    fn wait_line(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self
-                .lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no line containing {needle:?} within {timeout:?}:\n{}",
-                    self.log.lock().unwrap().join("\n")
-                ),
-            }
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -438,7 +386,7 @@ async fn replayed_handshake_is_rejected_by_the_real_coordinator() {
         "--data-dir",
         tc.path().join("plain-server").to_str().unwrap(),
     ]);
-    let server = Running::spawn(cmd);
+    let server = Daemon::spawn(cmd);
     let line = server.wait_line("listening on", READY);
     let addr = line.rsplit(' ').next().unwrap().trim().to_owned();
 
