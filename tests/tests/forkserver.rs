@@ -95,6 +95,12 @@ async fn exit_code_matrix_under_forkserver() {
     assert_eq!(p.exitcode(), Some(9));
     let p = finish(forkserver(&c, "panic_with", &"boom", &log)).await;
     assert_eq!(p.exitcode(), Some(1));
+    let err = stderr(&p).await;
+    assert!(
+        err.starts_with(&format!("Process {}:\n", p.name())),
+        "{err}"
+    );
+    assert!(err.contains("\nboom\n"), "{err}");
     let p = finish(forkserver(&c, "fail_with", &"bad", &log)).await;
     assert_eq!(p.exitcode(), Some(1));
 

@@ -186,6 +186,25 @@ fn gate_then_exit((gate, code): (String, i32)) {
     runtime::exit(code)
 }
 
+/// Forks a sleeping child, terminates (or kills) it, and reports its exit
+/// code.
+fn fork_and_signal(kill: bool) -> Option<i32> {
+    block_on(async move {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut p = mpctl::Process::function(&cluster, "sleep_ms", &60_000u64)
+            .unwrap()
+            .start_method(mpctl::StartMethod::Fork);
+        p.start().await.expect("fork");
+        if kill {
+            p.kill().await.unwrap();
+        } else {
+            p.terminate().await.unwrap();
+        }
+        p.join(None).await.unwrap();
+        p.exitcode()
+    })
+}
+
 /// Forks a child of the given function and reports its exit code.
 fn fork_and_join((function, arg): (String, serde_json::Value)) -> Option<i32> {
     block_on(async {
@@ -213,6 +232,7 @@ fn main() {
         .function("fork_orphan", fork_orphan)
         .function("gate_then_exit", gate_then_exit)
         .function("fork_and_join", fork_and_join)
+        .function("fork_and_signal", fork_and_signal)
         .function("spawn_children", spawn_children)
         .function("parent_name", parent_name)
         .function("try_child", try_child)
