@@ -1,0 +1,391 @@
+//! `mpctl-bench`: measures mpctl against CPython's `multiprocessing` on the
+//! same machine in the same run, interleaved over several rounds, next to
+//! the native floor, and prints one table plus a JSON file (see README.md).
+//!
+//! `cargo build --release && cargo run --release -p mpctl-bench`
+
+mod cluster;
+mod cpython;
+mod floor;
+mod notify;
+mod pool;
+mod rate;
+mod report;
+mod scale;
+mod startjoin;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use cluster::{Bare, Dev};
+use cpython::Python;
+use report::{Row, Samples, Side};
+
+#[derive(Parser)]
+#[command(
+    name = "mpctl-bench",
+    about = "Benchmark mpctl against CPython multiprocessing (build first: cargo build --release)"
+)]
+struct Cli {
+    /// Rounds: each round runs mpctl's samples, then CPython's, for every case
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Where to write the JSON results
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// A fast smoke run: 2 rounds, few iterations, a small scale case
+    #[arg(long)]
+    quick: bool,
+    #[command(subcommand)]
+    mode: Option<Mode>,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// (internal) Print the native floor as JSON, single-threaded
+    #[command(hide = true)]
+    Floor { n: usize },
+    /// (internal) Block until FIFO is released, write CLOCK_MONOTONIC ns to OUT, exit
+    #[command(hide = true)]
+    Stamp { fifo: PathBuf, out: PathBuf },
+}
+
+/// Iteration counts per round.
+pub struct Iterations {
+    pub floor: usize,
+    pub sdk: usize,
+    pub cli: usize,
+    pub fork: usize,
+    pub forkserver: usize,
+    pub spawn: usize,
+    pub seq: usize,
+    pub concurrent: usize,
+    pub notify: usize,
+    pub pool_items: usize,
+    pub pool_chunk1: usize,
+    pub pool_1ms: usize,
+    pub pool_10ms: usize,
+    pub sleepers: usize,
+    pub finished: usize,
+}
+
+impl Iterations {
+    fn new(quick: bool) -> Iterations {
+        if quick {
+            Iterations {
+                floor: 100,
+                sdk: 20,
+                cli: 5,
+                fork: 20,
+                forkserver: 10,
+                spawn: 5,
+                seq: 20,
+                concurrent: 100,
+                notify: 5,
+                pool_items: 100_000,
+                pool_chunk1: 2_000,
+                pool_1ms: 100,
+                pool_10ms: 20,
+                sleepers: 100,
+                finished: 1_000,
+            }
+        } else {
+            Iterations {
+                floor: 500,
+                sdk: 200,
+                cli: 40,
+                fork: 200,
+                forkserver: 100,
+                spawn: 32,
+                seq: 200,
+                concurrent: 100,
+                notify: 100,
+                pool_items: 1_000_000,
+                pool_chunk1: 20_000,
+                pool_1ms: 400,
+                pool_10ms: 100,
+                sleepers: 1_000,
+                finished: 10_000,
+            }
+        }
+    }
+}
+
+/// What every case needs.
+pub struct Ctx {
+    pub mpctl: PathBuf,
+    pub bench: PathBuf,
+    pub dev: Dev,
+    pub bare: Bare,
+    pub cluster: mpctl::Cluster,
+    pub py: Python,
+    pub n: Iterations,
+    pub work: tempfile::TempDir,
+}
+
+/// CPython's start methods and how many samples each gets per round.
+pub fn methods(n: &Iterations) -> [(&'static str, usize); 3] {
+    [
+        ("fork", n.fork),
+        ("forkserver", n.forkserver),
+        ("spawn", n.spawn),
+    ]
+}
+
+pub fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// CLOCK_MONOTONIC in ns: system-wide on Linux, so comparable across processes.
+pub fn monotonic_ns() -> i64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always available on Linux");
+    t.tv_sec() * 1_000_000_000 + t.tv_nsec()
+}
+
+/// Starts `true` on the cluster and joins it; its exit code must be 0.
+pub async fn run_true(cluster: &mpctl::Cluster) -> Result<()> {
+    let mut p = mpctl::Process::new(cluster, ["true"]);
+    p.start().await?;
+    p.join(None).await?;
+    anyhow::ensure!(p.exitcode() == Some(0), "true exited {:?}", p.exitcode());
+    Ok(())
+}
+
+pub async fn connect(addr: &str, key: &Path) -> Result<mpctl::Cluster> {
+    let key = mpctl::AuthKey::load(key)?;
+    Ok(mpctl::Cluster::connect(addr, &key, mpctl::Security::Tls).await?)
+}
+
+fn main() -> ExitCode {
+    // Started by an agent as a function target, this runs the function and
+    // exits; otherwise it returns at once (and starts no thread).
+    mpctl::runtime::Runtime::new()
+        .function("noop", |(): ()| ())
+        .fallible("fork_bench", startjoin::fork_bench)
+        .init();
+    let cli = Cli::parse();
+    let r = match cli.mode {
+        Some(Mode::Floor { n }) => floor::measure(n).and_then(|(spawn, fork)| {
+            let fsync = floor::fsync(n / 5)?;
+            println!(
+                "{}",
+                serde_json::json!({ "posix_spawn": spawn, "fork": fork, "fsync": fsync })
+            );
+            Ok(())
+        }),
+        Some(Mode::Stamp { ref fifo, ref out }) => stamp(fifo, out),
+        None => run(&cli),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mpctl-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The child of the notification case: waits for the harness, stamps, exits.
+fn stamp(fifo: &Path, out: &Path) -> Result<()> {
+    let mut buf = Vec::new();
+    std::fs::File::open(fifo)?.read_to_end(&mut buf)?;
+    let now = monotonic_ns();
+    std::fs::write(out, now.to_string())?;
+    Ok(())
+}
+
+/// The `mpctl` that cargo built next to this binary (target/release/mpctl).
+fn find_mpctl(bench: &Path) -> Result<PathBuf> {
+    let bin = bench.with_file_name("mpctl");
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: build it first with `cargo build --release` \
+             (`cargo run -p mpctl-bench` builds only the harness). \
+             The documented command is `cargo build --release && cargo run --release -p mpctl-bench`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// The floor, in its own single-threaded process (fork needs that), one per round.
+fn floor_rounds(bench: &Path, rounds: usize, n: usize) -> Result<Samples> {
+    let mut s = Samples::default();
+    for r in 0..rounds {
+        let out = std::process::Command::new(bench)
+            .args(["floor", &n.to_string()])
+            .output()
+            .context("cannot run the floor")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "floor failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        for key in ["posix_spawn", "fork", "fsync"] {
+            let samples = v[key]
+                .as_array()
+                .context("floor output")?
+                .iter()
+                .filter_map(|x| x.as_f64())
+                .collect();
+            s.add(&format!("floor/{key}"), r, samples);
+        }
+    }
+    Ok(s)
+}
+
+fn machine(cli: &Cli, rounds: usize, py: &str, busy: f64) -> Vec<(&'static str, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let date = std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    if busy > 10.0 {
+        eprintln!(
+            "mpctl-bench: warning: the machine is not idle (CPUs {busy:.0}% busy before the \
+             start); other work on it skews the ratios"
+        );
+    }
+    vec![
+        ("date", date),
+        ("cores", cores.to_string()),
+        ("cpu", model),
+        ("kernel", kernel.trim().to_owned()),
+        ("python", py.to_owned()),
+        ("CPU busy before start", format!("{busy:.0}% (1 s sample)")),
+        ("rounds", rounds.to_string()),
+        ("quick", cli.quick.to_string()),
+    ]
+}
+
+/// How busy the CPUs are before the harness starts anything: the share of
+/// non-idle time over one second, from /proc/stat.
+fn cpu_busy() -> f64 {
+    fn sample() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let v: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal ...
+        let idle = v.get(3)? + v.get(4)?;
+        Some((v.iter().sum(), idle))
+    }
+    let Some((t0, i0)) = sample() else {
+        return f64::NAN;
+    };
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let Some((t1, i1)) = sample() else {
+        return f64::NAN;
+    };
+    let total = (t1 - t0).max(1) as f64;
+    100.0 * (1.0 - (i1 - i0) as f64 / total)
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let started = Instant::now();
+    let busy = cpu_busy();
+    let bench = std::env::current_exe().context("cannot find this program's path")?;
+    let mpctl = find_mpctl(&bench)?;
+    let n = Iterations::new(cli.quick);
+    let rounds = if cli.quick {
+        cli.rounds.min(2)
+    } else {
+        cli.rounds
+    }
+    .max(1);
+    eprintln!("mpctl-bench: native floor ({rounds} rounds of {})", n.floor);
+    let floor = floor_rounds(&bench, rounds, n.floor)?;
+    let py = Python::new()?;
+    let machine = machine(cli, rounds, &py.version, busy);
+    let rt = tokio::runtime::Runtime::new()?;
+    let rows = rt.block_on(async {
+        tokio::select! {
+            r = bench_all(mpctl, bench, py, n, rounds) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; everything started was stopped"),
+        }
+    })?;
+    let mut all = floor_rows(&floor);
+    all.extend(rows);
+    print!("{}", report::table(&machine, &all));
+    let json = report::json(&machine, &all);
+    std::fs::write(&cli.out, serde_json::to_vec_pretty(&json)?)
+        .with_context(|| format!("cannot write {}", cli.out.display()))?;
+    eprintln!(
+        "mpctl-bench: wrote {} in {:.0} s",
+        cli.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn floor_rows(s: &Samples) -> Vec<Row> {
+    vec![
+        Row::new("0 native floor", "posix_spawn /bin/true + waitpid", "ms")
+            .ours(s.get("floor/posix_spawn")),
+        Row::new("0 native floor", "fork + _exit + waitpid", "ms").ours(s.get("floor/fork")),
+        Row::new("0 native floor", "4 KiB write + fdatasync (disk)", "ms")
+            .ours(s.get("floor/fsync")),
+    ]
+}
+
+async fn bench_all(
+    mpctl: PathBuf,
+    bench: PathBuf,
+    py: Python,
+    n: Iterations,
+    rounds: usize,
+) -> Result<Vec<Row>> {
+    eprintln!("mpctl-bench: starting mpctl dev");
+    let dev = Dev::start(&mpctl)?;
+    let cluster = connect(&dev.addr, &dev.key).await?;
+    let ctx = Ctx {
+        mpctl,
+        bench,
+        cluster,
+        dev,
+        bare: Bare::new()?,
+        py,
+        n,
+        work: tempfile::Builder::new().prefix("mpctl-bench-").tempdir()?,
+    };
+    let mut s = Samples::default();
+    for r in 0..rounds {
+        eprintln!("mpctl-bench: round {}/{rounds}", r + 1);
+        startjoin::round(&ctx, r, &mut s).await?;
+        rate::round(&ctx, r, &mut s).await?;
+        notify::round(&ctx, r, &mut s).await?;
+        pool::round(&ctx, r, &mut s).await?;
+    }
+    eprintln!("mpctl-bench: scale (server + agent)");
+    let scale = scale::run(&ctx).await?;
+    let mut rows = startjoin::rows(&s);
+    rows.extend(rate::rows(&s));
+    rows.extend(notify::rows(&s));
+    rows.extend(pool::rows(&s));
+    rows.extend(scale);
+    Ok(rows)
+}
+
+/// `not available: <reason>` for a feature that is not built yet.
+pub fn not_available(why: &str) -> Side {
+    Side::NotAvailable(why.to_owned())
+}

@@ -1,0 +1,78 @@
+//! Case 3: notification latency, from the child's exit to `join` returning.
+//!
+//! mpctl: the child is this binary's hidden `stamp FIFO OUT` mode, started on
+//! the dev agent. `join` is called in a task, 10 ms later the harness
+//! releases the FIFO; the child writes CLOCK_MONOTONIC to OUT as the last
+//! thing before exiting, and the sample is t(join returned) − stamp.
+//! CPython: the target waits on an Event, puts `time.monotonic_ns()` into a
+//! shared Value and returns; the parent measures after `join()`.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+
+use crate::report::{Row, Samples};
+use crate::{monotonic_ns, Ctx};
+
+const CASE: &str = "3 exit→join notification";
+
+/// A round alternates mpctl and CPython in this many blocks.
+const BLOCKS: usize = 4;
+
+pub async fn round(ctx: &Ctx, r: usize, s: &mut Samples) -> Result<()> {
+    let n = ctx.n.notify.div_ceil(BLOCKS);
+    for b in 0..BLOCKS {
+        let v = block(ctx, r * BLOCKS + b, n).await?;
+        s.add("mpctl/notify", r, v);
+        for m in ["fork", "forkserver"] {
+            let v = ctx.py.run(&format!("notify:{m}"), n).await?;
+            s.add(&format!("cpython/notify:{m}"), r, v);
+        }
+    }
+    Ok(())
+}
+
+/// `n` samples of mpctl's notification latency.
+async fn block(ctx: &Ctx, r: usize, n: usize) -> Result<Vec<f64>> {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let fifo = ctx.work.path().join(format!("fifo-{r}-{i}"));
+        let out = ctx.work.path().join(format!("stamp-{r}-{i}"));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+        let argv = [&ctx.bench, std::path::Path::new("stamp"), &fifo, &out]
+            .map(|p| p.to_string_lossy().into_owned());
+        let mut p = mpctl::Process::new(&ctx.cluster, argv);
+        p.start().await?;
+        let joiner = tokio::spawn(async move {
+            let r = p.join(None).await;
+            let now = monotonic_ns();
+            r.map(|()| (now, p.exitcode()))
+        });
+        // Let the Join call reach the coordinator before the child exits.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let f = fifo.clone();
+        tokio::task::spawn_blocking(move || std::fs::OpenOptions::new().write(true).open(f))
+            .await??;
+        let (joined, code) = joiner.await??;
+        ensure!(code == Some(0), "stamp exited {code:?}");
+        let stamp: i64 = std::fs::read_to_string(&out)?
+            .trim()
+            .parse()
+            .context("stamp file")?;
+        v.push((joined - stamp) as f64 / 1e6);
+        let _ = std::fs::remove_file(&fifo);
+        let _ = std::fs::remove_file(&out);
+    }
+    Ok(v)
+}
+
+pub fn rows(s: &Samples) -> Vec<Row> {
+    ["fork", "forkserver"]
+        .into_iter()
+        .map(|m| {
+            Row::new(CASE, format!("mpctl SDK join → dev vs CPython {m}"), "ms")
+                .ours(s.get("mpctl/notify"))
+                .cpython(s.get(&format!("cpython/notify:{m}")))
+        })
+        .collect()
+}

@@ -1,0 +1,93 @@
+//! Case 2: starts per second. Sequential: start+join one after another.
+//! Concurrent: 100 started at once (`join_all`), then all joined. mpctl
+//! spawns `true` through the SDK against dev; CPython runs `Process(target=noop)`.
+//! Each batch is one sample; 5 batches per round (CPython spawn: 1).
+
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use futures::future::join_all;
+
+use crate::report::{Row, Samples};
+use crate::{methods, run_true, Ctx};
+
+const SEQ: &str = "2 sequential starts/s";
+const CONC: &str = "2 concurrent starts/s (100 at once)";
+
+/// Batches per round: a batch gives one sample; spawn is slow enough that
+/// one batch of it is already long.
+fn batches(method: &str) -> usize {
+    if method == "spawn" {
+        1
+    } else {
+        BATCHES
+    }
+}
+
+const BATCHES: usize = 5;
+
+/// mpctl's and CPython's batches alternate, so both sides are sampled over
+/// the same stretch of time.
+pub async fn round(ctx: &Ctx, r: usize, s: &mut Samples) -> Result<()> {
+    let n = ctx.n.concurrent;
+    for b in 0..BATCHES {
+        let t = Instant::now();
+        for _ in 0..ctx.n.seq {
+            run_true(&ctx.cluster).await?;
+        }
+        let rate = ctx.n.seq as f64 / t.elapsed().as_secs_f64();
+        s.add("mpctl/seq", r, vec![rate]);
+        for (m, n) in methods(&ctx.n) {
+            if b < batches(m) {
+                let v = ctx.py.run(&format!("seq:{m}"), n).await?;
+                s.add(&format!("cpython/seq:{m}"), r, v);
+            }
+        }
+        s.add("mpctl/concurrent", r, vec![concurrent(ctx, n).await?]);
+        for (m, _) in methods(&ctx.n) {
+            if b < batches(m) {
+                let v = ctx.py.run(&format!("concurrent:{m}"), n).await?;
+                s.add(&format!("cpython/concurrent:{m}"), r, v);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `n` started at once, then all joined: starts per second.
+async fn concurrent(ctx: &Ctx, n: usize) -> Result<f64> {
+    let mut ps: Vec<mpctl::Process> = (0..n)
+        .map(|_| mpctl::Process::new(&ctx.cluster, ["true"]))
+        .collect();
+    let t = Instant::now();
+    for started in join_all(ps.iter_mut().map(|p| p.start())).await {
+        started?;
+    }
+    for joined in join_all(ps.iter_mut().map(|p| p.join(None))).await {
+        joined?;
+    }
+    let elapsed = t.elapsed().as_secs_f64();
+    ensure!(
+        ps.iter().all(|p| p.exitcode() == Some(0)),
+        "a concurrent `true` did not exit 0"
+    );
+    Ok(n as f64 / elapsed)
+}
+
+pub fn rows(s: &Samples) -> Vec<Row> {
+    let mut rows = Vec::new();
+    for (case, key) in [(SEQ, "seq"), (CONC, "concurrent")] {
+        for m in ["fork", "forkserver", "spawn"] {
+            rows.push(
+                Row::new(
+                    case,
+                    format!("mpctl spawn `true` (SDK) vs CPython {m}"),
+                    "1/s",
+                )
+                .ours(s.get(&format!("mpctl/{key}")))
+                .cpython(s.get(&format!("cpython/{key}:{m}"))),
+            );
+        }
+    }
+    rows
+}
