@@ -370,6 +370,17 @@ pub fn kill_launcher_sessions(root: &Path) {
     }
 }
 
+/// Everything a process wrote on `which` so far, as text.
+pub async fn output(p: &mpctl::Process, which: mpctl::LogStream) -> String {
+    use futures::StreamExt;
+    let mut text = Vec::new();
+    let mut stream = p.logs(which, false).await.expect("logs");
+    while let Some(chunk) = stream.next().await {
+        text.extend(chunk.expect("log chunk").data);
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
 /// Creates a FIFO: a process that reads it blocks until the test writes it,
 /// so the test decides exactly when the process exits.
 pub fn fifo(dir: &Path, name: &str) -> PathBuf {

@@ -8,13 +8,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use mpctl::proto::{
     agent_message::Msg, agent_service_client::AgentServiceClient,
     process_manager_client::ProcessManagerClient, AgentMessage, ListRequest, Register,
 };
 use mpctl::{AuthKey, Cluster, Error, LogStream, Process, Security};
-use mpctl_tests::{mpctl_bin, pids_with_cmdline, Daemon, Options, TestCluster, READY};
+use mpctl_tests::{mpctl_bin, output, pids_with_cmdline, Daemon, Options, TestCluster, READY};
 use mpctl_transport::handshake::{
     client_mac, server_mac, HELLO_LEN, MAC_LEN, MAGIC, NONCE_LEN, PLAINTEXT_BINDING, STATUS_FAIL,
     STATUS_OK,
@@ -503,15 +502,6 @@ fn proc_text(pid: i32) -> String {
     s
 }
 
-async fn stdout_of(p: &Process) -> String {
-    let mut out = Vec::new();
-    let mut stream = p.logs(LogStream::Stdout, false).await.unwrap();
-    while let Some(chunk) = stream.next().await {
-        out.extend(chunk.unwrap().data);
-    }
-    String::from_utf8(out).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn no_secret_in_logs_argv_or_environment() {
     let mut tc = TestCluster::start(Options {
@@ -542,7 +532,7 @@ async fn no_secret_in_logs_argv_or_environment() {
     p.start().await.unwrap();
     p.join(None).await.unwrap();
     assert_eq!(p.exitcode(), Some(0));
-    assert!(!stdout_of(&p).await.contains(&hex));
+    assert!(!output(&p, LogStream::Stdout).await.contains(&hex));
 
     // A wrong-key client, through the SDK and the CLI (at trace level too).
     assert!(Cluster::connect(&tc.addr, &wrong, Security::Tls)
@@ -566,7 +556,7 @@ async fn no_secret_in_logs_argv_or_environment() {
     p.start().await.unwrap();
     p.join(None).await.unwrap();
     assert_eq!(p.exitcode(), Some(0));
-    let seen = stdout_of(&p).await;
+    let seen = output(&p, LogStream::Stdout).await;
     let (env, parent) = seen.split_once("---\n").expect("both parts printed");
     assert!(env.contains("PATH="), "{seen}");
     assert!(

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use mpctl::{Error, Process, ProcessState, StartMethod};
-use mpctl_tests::{fifo, release, TestCluster};
+use mpctl::{Error, LogStream, Process, ProcessState, StartMethod};
+use mpctl_tests::{fifo, output, release, TestCluster};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_mpctl-test-worker");
 
@@ -62,7 +62,7 @@ async fn exit_codes_of_forked_children() {
         if function == "panic_with" {
             // A forked child keeps its parent's stderr, as in CPython: the
             // header names the child, Process-N:1.
-            let err = stderr(&p).await;
+            let err = output(&p, LogStream::Stderr).await;
             let header = format!("Process {}:1:\n", p.name());
             assert!(err.contains(&header) && err.contains("boom"), "{err}");
         }
@@ -71,16 +71,6 @@ async fn exit_codes_of_forked_children() {
         let p = run(&c, "fork_and_signal", &kill).await;
         assert_eq!(p.result::<Option<i32>>().unwrap().unwrap(), Some(code));
     }
-}
-
-async fn stderr(p: &Process) -> String {
-    use futures::StreamExt;
-    let mut text = Vec::new();
-    let mut s = p.logs(mpctl::LogStream::Stderr, false).await.unwrap();
-    while let Some(c) = s.next().await {
-        text.extend(c.unwrap().data);
-    }
-    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// A managed parent forks a child and dies; the child's exit code still

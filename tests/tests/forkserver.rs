@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use mpctl::{Error, Process, ProcessState, StartMethod};
-use mpctl_tests::TestCluster;
+use mpctl_tests::{output, TestCluster};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_mpctl-test-worker");
 
@@ -26,19 +26,13 @@ async fn finish(mut p: Process) -> Process {
     p.join(Some(Duration::from_secs(30))).await.expect("join");
     assert_eq!(p.state(), Some(ProcessState::Stopped));
     if p.exitcode() != Some(0) {
-        eprintln!("stderr of {}: {}", p.name(), stderr(&p).await);
+        eprintln!(
+            "stderr of {}: {}",
+            p.name(),
+            output(&p, mpctl::LogStream::Stderr).await
+        );
     }
     p
-}
-
-async fn stderr(p: &Process) -> String {
-    use futures::StreamExt;
-    let mut text = Vec::new();
-    let mut s = p.logs(mpctl::LogStream::Stderr, false).await.unwrap();
-    while let Some(c) = s.next().await {
-        text.extend(c.unwrap().data);
-    }
-    String::from_utf8_lossy(&text).into_owned()
 }
 
 fn preload_runs(log: &std::path::Path) -> usize {
@@ -95,7 +89,7 @@ async fn exit_code_matrix_under_forkserver() {
     assert_eq!(p.exitcode(), Some(9));
     let p = finish(forkserver(&c, "panic_with", &"boom", &log)).await;
     assert_eq!(p.exitcode(), Some(1));
-    let err = stderr(&p).await;
+    let err = output(&p, mpctl::LogStream::Stderr).await;
     assert!(
         err.starts_with(&format!("Process {}:\n", p.name())),
         "{err}"

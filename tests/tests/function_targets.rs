@@ -3,9 +3,8 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use mpctl::{Error, LogStream, Process, ProcessState};
-use mpctl_tests::TestCluster;
+use mpctl_tests::{output, TestCluster};
 use serde_json::Value;
 
 const WORKER: &str = env!("CARGO_BIN_EXE_mpctl-test-worker");
@@ -20,15 +19,6 @@ async fn run<A: serde::Serialize>(c: &mpctl::Cluster, name: &str, args: &A) -> P
     p.join(Some(Duration::from_secs(30))).await.expect("join");
     assert_eq!(p.state(), Some(ProcessState::Stopped), "{name} stopped");
     p
-}
-
-async fn output(p: &Process, which: LogStream) -> String {
-    let mut text = Vec::new();
-    let mut stream = p.logs(which, false).await.unwrap();
-    while let Some(chunk) = stream.next().await {
-        text.extend(chunk.unwrap().data);
-    }
-    String::from_utf8(text).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
