@@ -97,27 +97,16 @@ async fn serve_inner(
     follow: bool,
 ) -> std::io::Result<()> {
     let (stdout, stderr) = output_paths(procs_dir, id);
-    let mut sources = Vec::new();
-    if matches!(
-        which,
-        LogStream::Stdout | LogStream::Both | LogStream::Unspecified
-    ) {
-        sources.push(Source {
-            stream: LogStream::Stdout,
-            path: stdout,
+    let both = matches!(which, LogStream::Both | LogStream::Unspecified);
+    let mut sources: Vec<Source> = [(LogStream::Stdout, stdout), (LogStream::Stderr, stderr)]
+        .into_iter()
+        .filter(|(stream, _)| both || *stream == which)
+        .map(|(stream, path)| Source {
+            stream,
+            path,
             file: None,
-        });
-    }
-    if matches!(
-        which,
-        LogStream::Stderr | LogStream::Both | LogStream::Unspecified
-    ) {
-        sources.push(Source {
-            stream: LogStream::Stderr,
-            path: stderr,
-            file: None,
-        });
-    }
+        })
+        .collect();
     if !follow {
         for s in &mut sources {
             s.drain(state, request_id).await?;

@@ -74,6 +74,17 @@ fn bootstrap_pipes(b: &Bootstrap) -> Result<BootstrapPipes, String> {
     })
 }
 
+/// The stdout and stderr files of `spec`'s process (created 0600, truncated).
+fn output_files(spec: &LaunchSpec) -> Result<(std::fs::File, std::fs::File), String> {
+    let open = |path: &std::path::Path, what: &str| {
+        create_log_file(path).map_err(|e| format!("{what} file {}: {e}", path.display()))
+    };
+    Ok((
+        open(&spec.stdout_path, "stdout")?,
+        open(&spec.stderr_path, "stderr")?,
+    ))
+}
+
 /// Starts the process described by `spec`. The error is the OS reason
 /// (the `io::Error` display), suitable for `LaunchFailed`.
 pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
@@ -81,10 +92,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
         .argv
         .split_first()
         .ok_or_else(|| "empty argv".to_owned())?;
-    let out_file = create_log_file(&spec.stdout_path)
-        .map_err(|e| format!("stdout file {}: {e}", spec.stdout_path.display()))?;
-    let err_file = create_log_file(&spec.stderr_path)
-        .map_err(|e| format!("stderr file {}: {e}", spec.stderr_path.display()))?;
+    let (out_file, err_file) = output_files(spec)?;
 
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -182,10 +190,7 @@ pub fn forkserver_child(spec: &LaunchSpec) -> Result<([OwnedFd; 4], Vec<OutPipe>
         .bootstrap
         .as_ref()
         .ok_or_else(|| "only function targets start through a forkserver".to_owned())?;
-    let out_file = create_log_file(&spec.stdout_path)
-        .map_err(|e| format!("stdout file {}: {e}", spec.stdout_path.display()))?;
-    let err_file = create_log_file(&spec.stderr_path)
-        .map_err(|e| format!("stderr file {}: {e}", spec.stderr_path.display()))?;
+    let (out_file, err_file) = output_files(spec)?;
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;

@@ -8,21 +8,26 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use nix::sys::stat::{fstat, SFlag};
 use nix::unistd::ForkResult;
 
-/// The inherited pipe end `fd`, as a `File`, after checking that it is one.
+/// Checks that the inherited `fd` is open and of `kind` (`what` names it
+/// in the error).
 ///
-/// The check turns a stray `MPCTL_BOOTSTRAP` in a normal program's
-/// environment into an error instead of taking over a descriptor something
-/// else owns.
-pub fn adopt_pipe(fd: RawFd) -> io::Result<File> {
+/// The check turns a stray `MPCTL_BOOTSTRAP` or `MPCTL_FORKSERVER` in a
+/// normal program's environment into an error instead of taking over a
+/// descriptor something else owns.
+fn check_kind(fd: RawFd, kind: SFlag, what: &str) -> io::Result<()> {
     // SAFETY: borrowing only for fstat; if `fd` is not open, fstat fails with
     // EBADF and we return before anything else uses it.
     let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
     let stat = fstat(borrowed).map_err(|e| io::Error::other(format!("fd {fd}: {e}")))?;
-    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFIFO {
-        return Err(io::Error::other(format!(
-            "fd {fd} is not the bootstrap pipe"
-        )));
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != kind {
+        return Err(io::Error::other(format!("fd {fd} is not {what}")));
     }
+    Ok(())
+}
+
+/// The inherited pipe end `fd`, as a `File`, after checking that it is one.
+pub fn adopt_pipe(fd: RawFd) -> io::Result<File> {
+    check_kind(fd, SFlag::S_IFIFO, "the bootstrap pipe")?;
     // SAFETY: `fd` is an open pipe that the launcher placed here for this
     // process's bootstrap alone (it `dup2`ed it into place just before exec);
     // `init` adopts each of the two descriptors once, before any other code
@@ -33,14 +38,7 @@ pub fn adopt_pipe(fd: RawFd) -> io::Result<File> {
 /// The inherited socket `fd` (the forkserver's line to its launcher), after
 /// checking that it is one.
 pub fn adopt_socket(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: borrowing only for fstat, as in `adopt_pipe`.
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let stat = fstat(borrowed).map_err(|e| io::Error::other(format!("fd {fd}: {e}")))?;
-    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-        return Err(io::Error::other(format!(
-            "fd {fd} is not the forkserver socket"
-        )));
-    }
+    check_kind(fd, SFlag::S_IFSOCK, "the forkserver socket")?;
     // SAFETY: the launcher placed this socket at `fd` for the forkserver
     // alone; `init` adopts it once, before anything else can use it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
