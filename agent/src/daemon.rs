@@ -15,6 +15,7 @@ use crate::config::AgentConfig;
 use crate::launcher::{ExitRecord, LauncherClient, LauncherError, LauncherEvent};
 use crate::logs;
 use crate::output_watch::OutputWatcher;
+use crate::pool_relay::PoolRelay;
 use crate::session::{self, Ctx};
 use crate::state::{exited_message, NodeState};
 
@@ -101,9 +102,16 @@ pub async fn run(
     let launcher = Launcher {
         inner: Arc::new(RwLock::new(client)),
     };
+    let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state)).map_err(|source| {
+        AgentError::DataDir {
+            path: config.data_dir.join(crate::pool_relay::POOL_SOCKET_FILE),
+            source,
+        }
+    })?;
     let watcher = tokio::spawn(watch_launcher(
         events,
         Arc::clone(&state),
+        Arc::clone(&relay),
         launcher.clone(),
         launcher_dir,
         config.launcher_cmd.clone(),
@@ -119,6 +127,7 @@ pub async fn run(
         launcher,
         watcher: output_watcher,
         procs_dir,
+        relay,
     };
     tokio::pin!(shutdown);
     let mut backoff = BACKOFF_MIN;
@@ -155,6 +164,7 @@ pub async fn run(
 async fn watch_launcher(
     mut events: mpsc::UnboundedReceiver<LauncherEvent>,
     state: Arc<NodeState>,
+    relay: Arc<PoolRelay>,
     launcher: Launcher,
     dir: PathBuf,
     cmd: Vec<OsString>,
@@ -163,7 +173,20 @@ async fn watch_launcher(
     loop {
         while let Some(event) = events.recv().await {
             match event {
-                LauncherEvent::Exited(e) => state.exited(exit_report(&procs_dir, e).await),
+                LauncherEvent::Exited(e) => {
+                    let report = exit_report(&procs_dir, e).await;
+                    match relay.drained(&report.process_id) {
+                        // A pool worker's results go up before its exit.
+                        Some(drained) => {
+                            let state = Arc::clone(&state);
+                            tokio::spawn(async move {
+                                drained.await;
+                                state.exited(report);
+                            });
+                        }
+                        None => state.exited(report),
+                    }
+                }
                 LauncherEvent::Adopted(l) => state.adopted(l),
                 LauncherEvent::Disconnected(reason) => {
                     tracing::error!(%reason, "lost the connection to the node's launcher; reattaching");

@@ -9,13 +9,15 @@
 //!   coordinator ([`session`]), turns its commands into launcher requests, reports
 //!   launches and exits (re-sending unacknowledged exits after any reconnect), and
 //!   serves process output ([`logs`], woken by one shared inotify instance in
-//!   `output_watch`).
+//!   `output_watch`), and relays pool workers' tasks and results over a
+//!   node-local socket ([`pool_relay`]).
 
 pub mod config;
 pub mod daemon;
 pub mod launcher;
 pub mod logs;
 mod output_watch;
+pub mod pool_relay;
 mod session;
 mod state;
 

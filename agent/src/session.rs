@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use mpctl_proto::bootstrap::{self, Preparation};
 use mpctl_proto::v1::{
-    agent_message::Msg, agent_service_client::AgentServiceClient,
+    agent_message::Msg, agent_service_client::AgentServiceClient, agent_to_worker,
     coordinator_message::Msg as FromCoordinator, AgentMessage, Heartbeat, Launch, LaunchFailed,
     Launched, LogStream, Register, Signaled, StartMethod,
 };
@@ -22,6 +22,7 @@ use crate::daemon::{AgentError, Launcher};
 use crate::launcher::{Bootstrap, LaunchError, LaunchSpec};
 use crate::logs;
 use crate::output_watch::OutputWatcher;
+use crate::pool_relay::PoolRelay;
 use crate::state::NodeState;
 
 /// Environment variables a process gets from the node (everything else it
@@ -37,6 +38,7 @@ pub struct Ctx {
     pub launcher: Launcher,
     pub watcher: Arc<OutputWatcher>,
     pub procs_dir: PathBuf,
+    pub relay: Arc<PoolRelay>,
 }
 
 /// Runs one session to its end. Returns Ok when the coordinator closed it.
@@ -48,7 +50,10 @@ pub async fn run(ctx: &Ctx) -> Result<(), AgentError> {
             server: cfg.server.clone(),
             source: e,
         })?;
-    let mut client = AgentServiceClient::new(channel);
+    // Pool tasks and results travel in batches; see the coordinator's limit.
+    let mut client = AgentServiceClient::new(channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
     let (tx, rx) = mpsc::unbounded_channel::<AgentMessage>();
     let (running, exited) = ctx.state.open_session(tx.clone());
     let register = Register {
@@ -155,6 +160,7 @@ async fn serve(
                     Arc::clone(&ctx.state),
                     ctx.launcher.clone(),
                     ctx.procs_dir.clone(),
+                    Arc::clone(&ctx.relay),
                     l,
                 ));
             }
@@ -202,6 +208,14 @@ async fn serve(
                 tasks.readers.retain(|_, h| !h.is_finished());
                 tasks.readers.insert(r.request_id, task.abort_handle());
             }
+            Some(FromCoordinator::PoolTasks(mut t)) => {
+                let id = std::mem::take(&mut t.process_id);
+                ctx.relay.deliver(&id, agent_to_worker::Msg::Tasks(t));
+            }
+            Some(FromCoordinator::PoolWorkerStop(s)) => {
+                ctx.relay
+                    .deliver(&s.process_id.clone(), agent_to_worker::Msg::Stop(s));
+            }
             Some(FromCoordinator::CancelLogs(c)) => {
                 if let Some(h) = tasks.readers.remove(&c.request_id) {
                     h.abort();
@@ -245,11 +259,12 @@ async fn launch(
     state: Arc<NodeState>,
     launcher: Launcher,
     procs_dir: PathBuf,
+    relay: Arc<PoolRelay>,
     l: Launch,
 ) {
     let id = l.process_id.clone();
     state.launching(&id);
-    let outcome = launch_inner(&config, &launcher, &procs_dir, &l).await;
+    let outcome = launch_inner(&config, &launcher, &procs_dir, &relay, &l).await;
     match outcome {
         Ok(launched) => {
             state.launch_done(&id, Some(launched.pid));
@@ -260,6 +275,7 @@ async fn launch(
             }));
         }
         Err(error) => {
+            relay.forget(&id);
             state.launch_done(&id, None);
             tracing::info!(process = %id, %error, "launch failed");
             state.send(Msg::LaunchFailed(LaunchFailed {
@@ -281,7 +297,7 @@ struct Target {
     forkserver: Option<Vec<String>>,
 }
 
-fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
+fn target(config: &AgentConfig, relay: &PoolRelay, l: &Launch) -> Result<Target, String> {
     match (&l.command, &l.function) {
         // For commands the launcher itself plays the forkserver (DESIGN §3):
         // it is small and single-threaded, and forks every child.
@@ -296,6 +312,14 @@ fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
             let args = String::from_utf8(f.args.clone())
                 .map_err(|_| "the function's arguments are not UTF-8 JSON".to_owned())?;
             let forkserver = l.start_method == StartMethod::Forkserver as i32;
+            let (pool_socket, pool_key, pool_maxtasks) = match &f.pool_worker {
+                Some(w) => (
+                    relay.socket().to_string_lossy().into_owned(),
+                    relay.register(&l.process_id, &w.pool_id),
+                    w.maxtasksperchild,
+                ),
+                None => (String::new(), String::new(), 0),
+            };
             let prep = Preparation {
                 version: bootstrap::VERSION,
                 id: l.process_id.clone(),
@@ -319,8 +343,21 @@ fn target(config: &AgentConfig, l: &Launch) -> Result<Target, String> {
                     .to_string_lossy()
                     .into_owned(),
                 procs_dir: config.data_dir.join("procs").to_string_lossy().into_owned(),
+                pool_socket,
+                pool_key,
+                pool_maxtasks,
             };
-            let mut argv = vec![f.program.clone()];
+            // An empty program: this agent's own executable (`mpctl`), whose
+            // built-in functions run commands for command pools.
+            let program = if f.program.is_empty() {
+                std::env::current_exe()
+                    .map_err(|e| format!("cannot find the agent's own executable: {e}"))?
+                    .to_string_lossy()
+                    .into_owned()
+            } else {
+                f.program.clone()
+            };
+            let mut argv = vec![program];
             argv.extend(f.program_args.iter().cloned());
             let mut env = f.env.clone();
             env.insert(
@@ -345,9 +382,10 @@ async fn launch_inner(
     config: &AgentConfig,
     launcher: &Launcher,
     procs_dir: &Path,
+    relay: &PoolRelay,
     l: &Launch,
 ) -> Result<crate::launcher::Launched, String> {
-    let target = target(config, l)?;
+    let target = target(config, relay, l)?;
     let cwd = if target.cwd.is_empty() {
         config.work_dir.clone()
     } else {

@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 /// A handle on a cluster; cheap to clone. Every [`crate::Process`] belongs to one.
 #[derive(Clone)]
 pub struct Cluster {
+    channel: Channel,
     api: ProcessManagerClient<Channel>,
     #[cfg(feature = "embedded")]
     embedded: Option<Arc<tokio::sync::Mutex<Option<crate::embedded::Embedded>>>>,
@@ -27,7 +28,8 @@ impl Cluster {
     pub async fn connect(addr: &str, authkey: &AuthKey, security: Security) -> Result<Cluster> {
         let channel = mpctl_transport::connect(addr, authkey, Role::Client, security).await?;
         Ok(Cluster {
-            api: ProcessManagerClient::new(channel),
+            api: ProcessManagerClient::new(channel.clone()),
+            channel,
             embedded: None,
         })
     }
@@ -84,6 +86,11 @@ impl Cluster {
                 e.stop().await;
             }
         }
+    }
+
+    /// The authenticated channel to the coordinator (for other services).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
 
     /// The raw gRPC client, for calls the SDK does not wrap.

@@ -7,6 +7,8 @@
 //!   `join(timeout)`, `is_alive`, `exitcode`, `pid`, `name`, `terminate`,
 //!   `kill`, `sentinel`, `close`; [`wait`] mirrors
 //!   `multiprocessing.connection.wait` across nodes.
+//! - [`Pool`] ([`pool`]) mirrors `multiprocessing.Pool`: `apply`, `map`,
+//!   `imap`, `starmap` and their async forms over workers on the nodes.
 //! - [`runtime`] lets a program serve function targets: register functions,
 //!   call `Runtime::init()` early in `main`.
 //! - [`Error`] ([`error`]) carries CPython's misuse errors and the cluster's.
@@ -18,6 +20,7 @@ pub mod config;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 pub mod error;
+pub mod pool;
 pub mod process;
 pub mod runtime;
 
@@ -27,4 +30,5 @@ pub use error::{Error, Result};
 pub use mpctl_proto::v1 as proto;
 pub use mpctl_proto::v1::{LogStream, ProcessInfo, ProcessState, StartMethod};
 pub use mpctl_transport::{AuthKey, Security};
+pub use pool::{AsyncResult, Imap, Pool, PoolBuilder, PoolError};
 pub use process::{active_children, parent_process, wait, wait_all, Process, Sentinel};

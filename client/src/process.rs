@@ -353,6 +353,9 @@ impl Process {
             authkey: key.expose_hex(),
             adopt_socket: String::new(),
             procs_dir: String::new(),
+            pool_socket: String::new(),
+            pool_key: String::new(),
+            pool_maxtasks: 0,
         };
         let limits = self
             .request

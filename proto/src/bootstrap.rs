@@ -51,6 +51,16 @@ pub struct Preparation {
     /// Where the node keeps process output (`<procs_dir>/<id>/...`).
     #[serde(default)]
     pub procs_dir: String,
+    /// Set for a pool worker: the agent's pool socket ([`crate::worker_frame`])
+    /// and the key the worker presents on it. `function` and `args` are then
+    /// the pool's initializer (possibly empty) and its arguments.
+    #[serde(default)]
+    pub pool_socket: String,
+    #[serde(default)]
+    pub pool_key: String,
+    /// A pool worker exits after this many tasks (0: never).
+    #[serde(default)]
+    pub pool_maxtasks: u32,
 }
 
 /// Set to the descriptor of the forkserver's socket to its launcher (always

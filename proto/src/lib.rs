@@ -3,11 +3,13 @@
 //! `ProcessManager` is what clients call on the coordinator; `AgentService` is
 //! the one long-lived stream each node agent keeps to the coordinator.
 //! [`bootstrap`] is the node-local contract between an agent and the
-//! function-target processes it starts.
+//! function-target processes it starts; [`worker_frame`] frames the messages
+//! between a pool worker and its agent.
 
 #![allow(clippy::all, clippy::pedantic)]
 
 pub mod bootstrap;
+pub mod worker_frame;
 
 pub mod v1 {
     tonic::include_proto!("mpctl.v1");

@@ -15,11 +15,13 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::core::Core;
+use crate::pool::{Event, Pools};
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct AgentSessions {
     pub core: Arc<Core>,
+    pub pools: Arc<Pools>,
 }
 
 type Outbound = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
@@ -52,13 +54,14 @@ impl AgentService for AgentSessions {
         let generation = self.core.register(reg, tx).await?;
         tracing::info!(agent = %name, remote = %peer.remote_addr, "agent session open");
         let core = Arc::clone(&self.core);
+        let pools = Arc::clone(&self.pools);
         tokio::spawn(async move {
             let lease = core.timings.lease;
             loop {
                 match tokio::time::timeout(lease, inbound.message()).await {
                     Ok(Ok(Some(msg))) => {
                         core.seen(&name);
-                        handle(&core, &name, generation, msg).await;
+                        handle(&core, &pools, &name, generation, msg).await;
                     }
                     Ok(Ok(None)) => {
                         tracing::info!(agent = %name, "agent session closed");
@@ -83,7 +86,7 @@ impl AgentService for AgentSessions {
     }
 }
 
-async fn handle(core: &Arc<Core>, agent: &str, generation: u64, msg: AgentMessage) {
+async fn handle(core: &Arc<Core>, pools: &Pools, agent: &str, generation: u64, msg: AgentMessage) {
     match msg.msg {
         Some(Msg::Heartbeat(_)) | None => {}
         Some(Msg::Register(_)) => {
@@ -97,5 +100,26 @@ async fn handle(core: &Arc<Core>, agent: &str, generation: u64, msg: AgentMessag
         Some(Msg::Exited(e)) => core.exited(agent, generation, e).await,
         Some(Msg::LogData(d)) => core.handle_log_data(d),
         Some(Msg::Signaled(s)) => core.signaled(agent, s),
+        Some(Msg::PoolWorkerReady(r)) => pools.route(
+            &r.pool_id,
+            Event::WorkerReady {
+                node: agent.to_owned(),
+                process_id: r.process_id,
+            },
+        ),
+        Some(Msg::PoolWorkerResults(r)) => pools.route(
+            &r.pool_id,
+            Event::WorkerResults {
+                process_id: r.process_id,
+                results: r.results,
+            },
+        ),
+        Some(Msg::PoolWorkerInitFailed(f)) => pools.route(
+            &f.pool_id,
+            Event::WorkerInitFailed {
+                process_id: f.process_id,
+                message: f.message,
+            },
+        ),
     }
 }

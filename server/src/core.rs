@@ -170,6 +170,24 @@ impl Core {
     // ----- ProcessManager -------------------------------------------------
 
     pub async fn start(&self, req: StartRequest) -> Result<ProcessInfo, Status> {
+        if req
+            .function
+            .as_ref()
+            .is_some_and(|f| f.pool_worker.is_some())
+        {
+            return Err(Status::invalid_argument(
+                "pool workers are started by the coordinator's PoolManager; create a pool instead",
+            ));
+        }
+        self.start_checked(req).await
+    }
+
+    /// Starts one worker of a pool (see [`crate::pool`]).
+    pub async fn start_pool_worker(&self, req: StartRequest) -> Result<ProcessInfo, Status> {
+        self.start_checked(req).await
+    }
+
+    async fn start_checked(&self, req: StartRequest) -> Result<ProcessInfo, Status> {
         validate::start_request(&req)?;
         let (id, pending) = {
             let mut t = self.lock();
@@ -227,12 +245,18 @@ impl Core {
                 identity.push(*k);
                 identity
             };
-            let (argv, cwd, function) = match (&req.command, &req.function) {
-                (Some(c), _) => (c.argv.clone(), c.cwd.clone(), String::new()),
+            let (argv, cwd, function, pool_id) = match (&req.command, &req.function) {
+                (Some(c), _) => (c.argv.clone(), c.cwd.clone(), String::new(), String::new()),
                 (None, Some(f)) => {
                     let mut argv = vec![f.program.clone()];
                     argv.extend(f.program_args.iter().cloned());
-                    (argv, f.cwd.clone(), f.function.clone())
+                    let pool = f.pool_worker.as_ref().map(|w| w.pool_id.clone());
+                    (
+                        argv,
+                        f.cwd.clone(),
+                        f.function.clone(),
+                        pool.unwrap_or_default(),
+                    )
                 }
                 (None, None) => unreachable!("validated: a start has a target"),
             };
@@ -251,6 +275,7 @@ impl Core {
                 argv,
                 cwd,
                 function,
+                pool_id,
                 limits: req.limits,
                 created_unix_ms: now_ms(),
                 request_id: req.request_id.clone(),
@@ -666,6 +691,20 @@ impl Core {
                         rec.info.state = ProcessState::Started as i32;
                         rec.info.pid = r.pid;
                         fx.put(rec);
+                        let pool = rec.info.pool_id.clone();
+                        if !pool.is_empty() && !t.live_pools.contains(&pool) {
+                            tracing::info!(agent = %name, process = %r.process_id, pool = %pool,
+                                "terminating a worker of a pool that no longer exists");
+                            fx.send(
+                                &session,
+                                ToAgent::Signal(Signal {
+                                    process_id: r.process_id.clone(),
+                                    signo: libc::SIGTERM,
+                                    tree: false,
+                                    request_id: 0,
+                                }),
+                            );
+                        }
                     }
                     _ => tracing::warn!(
                         agent = %name, process = %r.process_id, pid = r.pid,
@@ -1007,6 +1046,29 @@ fn apply_exit(t: &mut Table, agent: &str, session: &Session, ex: Exited, fx: &mu
 }
 
 impl Core {
+    /// Sends a pool message to a connected node at once (not after a
+    /// commit: pool tasks are not part of the durable state). False when
+    /// the node is not connected.
+    pub fn send_to_node(&self, node: &str, msg: ToAgent) -> bool {
+        let t = self.lock();
+        match t.agents.get(node).and_then(|a| a.session.as_ref()) {
+            Some(s) => s.tx.send(CoordinatorMessage { msg: Some(msg) }).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Pools whose driver runs in this coordinator; a node's running worker
+    /// of any other pool (its pool ended with a coordinator restart) is
+    /// terminated when the node registers.
+    pub fn set_pool_live(&self, pool_id: &str, live: bool) {
+        let mut t = self.lock();
+        if live {
+            t.live_pools.insert(pool_id.to_owned());
+        } else {
+            t.live_pools.remove(pool_id);
+        }
+    }
+
     /// A receiver that sees every later change of the table.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mpctl_proto::v1::{
-    agent_service_server::AgentServiceServer, process_manager_server::ProcessManagerServer,
-    AgentState, FILE_DESCRIPTOR_SET,
+    agent_service_server::AgentServiceServer, pool_manager_server::PoolManagerServer,
+    process_manager_server::ProcessManagerServer, AgentState, FILE_DESCRIPTOR_SET,
 };
 use mpctl_transport::{check_listen_addr, incoming, AuthKey, Role, Security, ServerAuth};
 use tokio::sync::oneshot;
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::agent_service::AgentSessions;
 use crate::core::{Core, Timings};
+use crate::pool::{PoolService, Pools};
 use crate::process_service::ProcessService;
 use crate::store::Store;
 use crate::table::Table;
@@ -46,6 +47,10 @@ pub enum ServerError {
     #[error("reflection service: {0}")]
     Reflection(String),
 }
+
+/// Largest message on an agent or pool stream: pool tasks and results travel
+/// in batches (a task's answer alone may take up to 16 MiB).
+pub const MAX_STREAM_MESSAGE: usize = 64 << 20;
 
 pub struct CoordinatorConfig {
     pub listen: SocketAddr,
@@ -80,6 +85,7 @@ impl Coordinator {
         let (store, loaded) = Store::open(&config.data_dir.join("coordinator.sqlite"))?;
         let core = Core::new(Table::from_loaded(loaded), store, config.timings);
         core.start_lease_clocks();
+        let pools = Pools::new(Arc::clone(&core));
 
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -99,6 +105,7 @@ impl Coordinator {
         health
             .set_serving::<AgentServiceServer<AgentSessions>>()
             .await;
+        health.set_serving::<PoolManagerServer<PoolService>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -112,9 +119,19 @@ impl Coordinator {
             .add_service(ProcessManagerServer::new(ProcessService {
                 core: Arc::clone(&core),
             }))
-            .add_service(AgentServiceServer::new(AgentSessions {
-                core: Arc::clone(&core),
-            }));
+            .add_service(
+                AgentServiceServer::new(AgentSessions {
+                    core: Arc::clone(&core),
+                    pools: Arc::clone(&pools),
+                })
+                .max_decoding_message_size(MAX_STREAM_MESSAGE)
+                .max_encoding_message_size(MAX_STREAM_MESSAGE),
+            )
+            .add_service(
+                PoolManagerServer::new(PoolService { pools })
+                    .max_decoding_message_size(MAX_STREAM_MESSAGE)
+                    .max_encoding_message_size(MAX_STREAM_MESSAGE),
+            );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             router

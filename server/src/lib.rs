@@ -7,6 +7,10 @@
 //! - agents keep one `AgentService` stream each ([`agent_service`]) over which
 //!   they register, receive launches and signals, and report launches and exits.
 //!
+//! - clients open one `PoolManager` stream per pool ([`pool`]): its driver
+//!   starts workers as managed processes and feeds them tasks through their
+//!   agents.
+//!
 //! Both translate into operations on [`core::Core`], the state machine. It keeps
 //! the [`table`] in memory, decides where processes run ([`placement`]), and
 //! persists every change through the [`store`] (SQLite, one writer thread)
@@ -17,6 +21,7 @@ pub mod agent_service;
 pub mod core;
 pub mod daemon;
 pub mod placement;
+pub mod pool;
 pub mod process_service;
 pub mod store;
 pub mod table;

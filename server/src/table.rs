@@ -70,6 +70,8 @@ pub struct Table {
     pub children_started: HashMap<String, u32>,
     /// Ids of requests to agents (log reads, signals).
     pub next_request: u64,
+    /// Pools with a driver in this coordinator (see `Core::set_pool_live`).
+    pub live_pools: HashSet<String>,
 }
 
 /// Sentinel ready: the process will not change any more by itself.
@@ -98,6 +100,7 @@ impl Table {
             pending_signals: HashMap::new(),
             children_started: HashMap::new(),
             next_request: 1,
+            live_pools: HashSet::new(),
         };
         for mut info in loaded.agents {
             // Nobody is connected yet; the lease clock restarts with us.

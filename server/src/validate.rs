@@ -55,12 +55,15 @@ pub fn start_request(req: &StartRequest) -> Result<(), Status> {
             target(&cmd.argv, &cmd.env, &cmd.cwd)?;
         }
         (None, Some(f)) => {
-            if f.program.is_empty() {
+            // A pool worker (started by the coordinator's pool driver only)
+            // may run the agent's own program and have no initializer.
+            let worker = f.pool_worker.is_some();
+            if f.program.is_empty() && !worker {
                 return Err(bad(
                     "a function target needs the program that registers the function".into(),
                 ));
             }
-            if f.function.is_empty() || f.function.len() > MAX_NAME {
+            if (f.function.is_empty() && !worker) || f.function.len() > MAX_NAME {
                 return Err(bad(format!(
                     "a function target needs the function's registered name (1 to {MAX_NAME} bytes)"
                 )));

@@ -22,7 +22,7 @@ pub fn flush_stdio() {
 }
 
 /// Reports a failure under CPython's header and exits with 1.
-fn fail(name: &str, message: &str) -> ! {
+pub(super) fn fail(name: &str, message: &str) -> ! {
     flush_stdio();
     eprintln!("Process {name}:\n{message}");
     super::exit(1)
@@ -97,6 +97,10 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
     }
     if !prep.adopt_socket.is_empty() {
         let _ = NODE_PATHS.set((prep.adopt_socket.clone(), prep.procs_dir.clone()));
+    }
+    if !prep.pool_socket.is_empty() {
+        drop(result_pipe);
+        super::pool_worker::serve(runtime, prep)
     }
     let Some(function) = runtime.functions.get(&prep.function) else {
         let known: Vec<&str> = runtime.names().collect();

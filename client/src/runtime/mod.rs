@@ -23,6 +23,7 @@
 mod bootstrap;
 pub(crate) mod fork;
 mod forkserver;
+mod pool_worker;
 mod sys;
 
 use std::collections::BTreeMap;

@@ -54,6 +54,34 @@ fn set_flag() {
     }
 }
 
+/// How often this process's pool initializer ran.
+static INITIALIZED: AtomicU32 = AtomicU32::new(0);
+
+/// Pool initializer: counts itself and appends this pid to `log`.
+fn pool_init(log: String) {
+    INITIALIZED.fetch_add(1, Ordering::SeqCst);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("init log");
+    writeln!(f, "{}", std::process::id()).expect("init log write");
+}
+
+/// The first call (no `marker` file yet) creates the marker and dies by
+/// SIGKILL; later calls return the worker's pid.
+fn die_once(marker: String) -> u32 {
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&marker)
+        .is_ok()
+    {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    std::process::id()
+}
+
 /// Runs `f` on a fresh tokio runtime: functions that use the SDK from inside
 /// a managed process.
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -258,6 +286,31 @@ fn main() {
             text.len()
         })
         .function("whoami", whoami)
+        // Pool tasks.
+        .function("square", |x: i64| x * x)
+        .function("mul", |(a, b): (i64, i64)| a * b)
+        .function("worker_pid", |_: u64| std::process::id())
+        .function("pool_init", pool_init)
+        .function("init_count", |(): ()| INITIALIZED.load(Ordering::SeqCst))
+        .function("kill_self", |_: u64| -> u32 {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            unreachable!("SIGKILL")
+        })
+        .function("die_once", die_once)
+        .function("slow_echo", |(ms, x): (u64, i64)| {
+            std::thread::sleep(Duration::from_millis(ms));
+            x
+        })
+        .fallible("fail_on", |x: i64| -> Result<i64, String> {
+            if x == 13 {
+                Err(format!("unlucky {x}"))
+            } else {
+                Ok(x)
+            }
+        })
+        .fallible("init_fails", |(): ()| -> Result<(), String> {
+            Err("no database".into())
+        })
         .init();
     eprintln!("mpctl-test-worker: run me as a function target (mpctl::Process::function)");
     std::process::exit(2);

@@ -1,0 +1,175 @@
+//! A pool worker's loop (DESIGN §7), CPython's `multiprocessing.pool.worker`:
+//! connect to the node's agent over its pool socket, run the initializer
+//! once, then run tasks as they arrive and answer each at once, until told
+//! to stop, until maxtasksperchild tasks are done, or until the agent goes
+//! away. A task that fails (an `Err` or a panic) is answered with its
+//! message; the worker goes on.
+
+use std::cell::RefCell;
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::panic::{self, AssertUnwindSafe};
+
+use mpctl_proto::bootstrap::Preparation;
+use mpctl_proto::v1::{
+    agent_to_worker, worker_to_agent, AgentToWorker, PoolErrorKind, PoolTask, PoolTaskError,
+    PoolTaskResult, WorkerHello, WorkerInitFailed, WorkerReady, WorkerToAgent,
+};
+use mpctl_proto::worker_frame;
+
+use super::Runtime;
+
+/// Largest answer to one task (all its items' results).
+const MAX_TASK_RESULT: usize = worker_frame::MAX_FRAME - (64 << 10);
+
+thread_local! {
+    /// The last panic's message and place, for the task's error.
+    static PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+pub fn serve(runtime: &Runtime, prep: Preparation) -> ! {
+    let name = prep.name.clone();
+    let fail = |message: String| -> ! { super::bootstrap::fail(&name, &message) };
+    let mut sock = match UnixStream::connect(&prep.pool_socket) {
+        Ok(s) => s,
+        Err(e) => fail(format!(
+            "cannot reach the agent's pool socket {}: {e}",
+            prep.pool_socket
+        )),
+    };
+    let hello = WorkerToAgent {
+        msg: Some(worker_to_agent::Msg::Hello(WorkerHello {
+            process_id: prep.id.clone(),
+            key: prep.pool_key.clone(),
+        })),
+    };
+    if let Err(e) = sock.write_all(&worker_frame::encode(&hello)) {
+        fail(format!("cannot greet the agent: {e}"));
+    }
+    panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(a panic without a message)".into());
+        PANIC.with(|p| *p.borrow_mut() = Some(format!("panicked{at}: {message}")));
+    }));
+
+    if !prep.function.is_empty() {
+        if let Err(message) = call(runtime, &prep.function, prep.args.as_bytes()) {
+            let frame = WorkerToAgent {
+                msg: Some(worker_to_agent::Msg::InitFailed(WorkerInitFailed {
+                    message: message.clone(),
+                })),
+            };
+            let _ = sock.write_all(&worker_frame::encode(&frame));
+            fail(format!(
+                "the initializer {} failed: {message}",
+                prep.function
+            ));
+        }
+    }
+    let ready = WorkerToAgent {
+        msg: Some(worker_to_agent::Msg::Ready(WorkerReady {})),
+    };
+    if let Err(e) = sock.write_all(&worker_frame::encode(&ready)) {
+        fail(format!("cannot tell the agent it is ready: {e}"));
+    }
+
+    let mut reader = match sock.try_clone() {
+        Ok(s) => BufReader::with_capacity(256 << 10, s),
+        Err(e) => fail(format!("pool socket: {e}")),
+    };
+    let mut done: u32 = 0;
+    loop {
+        let msg = match worker_frame::read_blocking::<AgentToWorker>(&mut reader) {
+            Ok(Some(m)) => m.msg,
+            // The agent went away (or closed the pool's connection): leave,
+            // as CPython's worker does on EOF.
+            Ok(None) => super::exit(0),
+            Err(e) => fail(format!("pool socket: {e}")),
+        };
+        match msg {
+            Some(agent_to_worker::Msg::Tasks(batch)) => {
+                for task in batch.tasks {
+                    let answer = run_task(runtime, task);
+                    let frame = WorkerToAgent {
+                        msg: Some(worker_to_agent::Msg::Result(answer)),
+                    };
+                    // One write per answer: if this worker dies, every task
+                    // it finished has been answered.
+                    if let Err(e) = sock.write_all(&worker_frame::encode(&frame)) {
+                        fail(format!("cannot send a result to the agent: {e}"));
+                    }
+                    done += 1;
+                    if prep.pool_maxtasks > 0 && done >= prep.pool_maxtasks {
+                        super::exit(0);
+                    }
+                }
+            }
+            Some(agent_to_worker::Msg::Stop(_)) => super::exit(0),
+            None => {}
+        }
+    }
+}
+
+/// Runs a registered function on one JSON argument, catching panics.
+fn call(runtime: &Runtime, function: &str, args: &[u8]) -> Result<String, String> {
+    let Some(f) = runtime.functions.get(function) else {
+        let known: Vec<&str> = runtime.names().collect();
+        return Err(format!(
+            "no function named {function:?} is registered in this program (registered: {})",
+            known.join(", ")
+        ));
+    };
+    let args =
+        std::str::from_utf8(args).map_err(|_| "the argument is not UTF-8 JSON".to_owned())?;
+    match panic::catch_unwind(AssertUnwindSafe(|| f(args))) {
+        Ok(r) => r,
+        Err(_) => Err(PANIC
+            .with(|p| p.borrow_mut().take())
+            .unwrap_or_else(|| "panicked".into())),
+    }
+}
+
+/// A task is a chunk: its items in order, or the first item's failure.
+fn run_task(runtime: &Runtime, task: PoolTask) -> PoolTaskResult {
+    let mut values = Vec::with_capacity(task.items.len());
+    let mut size = 0usize;
+    for item in &task.items {
+        let outcome = call(runtime, &task.function, item).and_then(|json| {
+            size += json.len() + 8;
+            if size > MAX_TASK_RESULT {
+                Err(format!(
+                    "the results of this task take over {MAX_TASK_RESULT} bytes; use a smaller chunksize"
+                ))
+            } else {
+                Ok(json)
+            }
+        });
+        match outcome {
+            Ok(json) => values.push(json.into_bytes()),
+            Err(message) => {
+                return PoolTaskResult {
+                    id: task.id,
+                    values: Vec::new(),
+                    error: Some(PoolTaskError {
+                        kind: PoolErrorKind::TaskFailed as i32,
+                        message: format!("{}: {message}", task.function),
+                        ..Default::default()
+                    }),
+                }
+            }
+        }
+    }
+    PoolTaskResult {
+        id: task.id,
+        values,
+        error: None,
+    }
+}
