@@ -88,7 +88,7 @@ async fn bad_targets_fail_clearly() {
         "{err}"
     );
     assert!(
-        err.contains("add, exit_with, fail_with"),
+        err.contains("add, die_once, exit_with, fail_on, fail_with"),
         "lists the registered ones: {err}"
     );
 
