@@ -1,9 +1,10 @@
 //! Command-line parsing and dispatch. Each group of commands has its module:
 //! [`run`] (run, submit), [`query`] (ps, inspect, join, wait, terminate, kill,
-//! logs, agents), [`daemons`] (dev, server, agent, keygen, launcher), with
+//! logs, agents), [`map`] (command pools), [`daemons`] (dev, server, agent, keygen, launcher), with
 //! [`output`] for tables and JSON.
 
 mod daemons;
+pub mod map;
 mod output;
 mod query;
 mod run;
@@ -75,6 +76,8 @@ pub enum Command {
     Kill(query::SignalArgs),
     /// Print the output of a process
     Logs(query::LogsArgs),
+    /// Run one command per input line on a pool of workers (a command pool)
+    Map(map::MapArgs),
     /// List the cluster's agents
     Agents(query::FormatArgs),
     /// Run a coordinator and an agent in the foreground for this machine
@@ -160,6 +163,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Terminate(a) => query::signal(&g, a, false).await,
         Command::Kill(a) => query::signal(&g, a, true).await,
         Command::Logs(a) => query::logs(&g, a).await,
+        Command::Map(a) => map::map(&g, a).await,
         Command::Agents(a) => query::agents(&g, a).await,
         Command::Dev(a) => daemons::dev(&g, a).await,
         Command::Server(a) => daemons::server(&g, a).await,

@@ -212,13 +212,22 @@ pub struct Imap<R> {
     /// Chunks yielded so far.
     yielded: usize,
     chunks: usize,
-    buffer: VecDeque<Result<R, PoolError>>,
+    chunksize: usize,
+    /// Decoded results with their input index.
+    buffer: VecDeque<(usize, Result<R, PoolError>)>,
     _r: PhantomData<fn() -> R>,
 }
 
 impl<R: DeserializeOwned> Imap<R> {
-    pub(crate) fn new(call: Arc<Call>, function: &str, chunks: usize, ordered: bool) -> Imap<R> {
+    pub(crate) fn new(
+        call: Arc<Call>,
+        function: &str,
+        chunks: usize,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Imap<R> {
         Imap {
+            chunksize,
             call,
             function: function.to_owned(),
             ordered,
@@ -233,9 +242,16 @@ impl<R: DeserializeOwned> Imap<R> {
     /// The next result, or `None` when all are out. A failed chunk yields
     /// one error in its place.
     pub async fn next(&mut self) -> Option<Result<R, PoolError>> {
-        self.next_timeout(None)
-            .await
-            .unwrap_or_else(|e| Some(Err(e)))
+        self.next_indexed().await.map(|(_, r)| r)
+    }
+
+    /// As [`Imap::next`], with the position of the item in the input (for a
+    /// failed chunk: its first item's).
+    pub async fn next_indexed(&mut self) -> Option<(usize, Result<R, PoolError>)> {
+        match self.next_timeout_indexed(None).await {
+            Ok(r) => r,
+            Err(e) => Some((self.yielded * self.chunksize, Err(e))),
+        }
     }
 
     /// As [`Imap::next`], failing with [`PoolError::Timeout`] if nothing
@@ -244,6 +260,13 @@ impl<R: DeserializeOwned> Imap<R> {
         &mut self,
         timeout: Option<Duration>,
     ) -> Result<Option<Result<R, PoolError>>, PoolError> {
+        Ok(self.next_timeout_indexed(timeout).await?.map(|(_, r)| r))
+    }
+
+    async fn next_timeout_indexed(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<Option<(usize, Result<R, PoolError>)>, PoolError> {
         loop {
             if let Some(r) = self.buffer.pop_front() {
                 return Ok(Some(r));
@@ -253,7 +276,7 @@ impl<R: DeserializeOwned> Imap<R> {
             }
             let ordered = self.ordered;
             let next_chunk = self.next_chunk;
-            let chunk = self
+            let (index, chunk) = self
                 .call
                 .wait_for(timeout, |s| {
                     let index = if ordered {
@@ -261,16 +284,20 @@ impl<R: DeserializeOwned> Imap<R> {
                     } else {
                         s.arrival.pop_front()?
                     };
-                    s.chunks[index].take()
+                    Some((index, s.chunks[index].take()?))
                 })
                 .await?;
             self.next_chunk += 1;
             self.yielded += 1;
+            let first = index * self.chunksize;
             match chunk {
-                Ok(values) => self
-                    .buffer
-                    .extend(values.iter().map(|b| decode_one::<R>(&self.function, b))),
-                Err(e) => self.buffer.push_back(Err(e)),
+                Ok(values) => self.buffer.extend(
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(k, b)| (first + k, decode_one::<R>(&self.function, b))),
+                ),
+                Err(e) => self.buffer.push_back((first, Err(e))),
             }
         }
     }

@@ -460,7 +460,7 @@ impl Pool {
         let chunks = Self::chunked(encode_items(function, items)?, chunksize);
         let n = chunks.len();
         let call = self.submit(function, chunks, None)?;
-        Ok(Imap::new(call, function, n, ordered))
+        Ok(Imap::new(call, function, n, chunksize, ordered))
     }
 
     /// No new tasks; the workers exit once the queued ones are done.
