@@ -167,6 +167,8 @@ fn main() -> ExitCode {
     // exits; otherwise it returns at once (and starts no thread).
     mpctl::runtime::Runtime::new()
         .function("noop", |(): ()| ())
+        .function("square", |x: i64| x * x)
+        .function("spin", pool::spin)
         .fallible("fork_bench", startjoin::fork_bench)
         .init();
     let cli = Cli::parse();

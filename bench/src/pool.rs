@@ -1,15 +1,54 @@
-//! Case 4: the Pool. mpctl's Pool is not built yet; CPython's `Pool(2).map`
-//! is measured anyway so the reference is in the table: tiny-task throughput
-//! (x*x) with the default chunksize and with chunksize 1, and elapsed ÷ ideal
-//! for 1 ms and 10 ms CPU-bound tasks on 2 workers (chunksize 1).
+//! Case 4: the Pool, `Pool(2)` on both sides: tiny-task throughput (x*x)
+//! with the default chunksize and with chunksize 1, and elapsed ÷ ideal for
+//! 1 ms and 10 ms CPU-bound tasks on 2 workers (chunksize 1; ideal = N ×
+//! task ÷ 2). mpctl's pool runs against dev (one coordinator, one agent,
+//! TLS), its workers being this binary (`square`, `spin`); each round
+//! creates a pool and warms both workers up first, as the CPython script does.
 
-use anyhow::Result;
+use std::time::Instant;
+
+use anyhow::{ensure, Result};
+use mpctl::Pool;
 
 use crate::report::{Row, Samples};
-use crate::{not_available, Ctx};
+use crate::Ctx;
 
 const CASE: &str = "4 Pool(2)";
-const WHY: &str = "mpctl has no Pool yet (issue \"The Pool manager: …\")";
+
+/// CPU-bound for `seconds`, as the CPython script's `spin`.
+pub fn spin(seconds: f64) {
+    let end = Instant::now() + std::time::Duration::from_secs_f64(seconds);
+    while Instant::now() < end {
+        std::hint::spin_loop();
+    }
+}
+
+async fn ours(ctx: &Ctx, case: &str, n: usize) -> Result<f64> {
+    let pool = Pool::builder(&ctx.cluster).processes(2).create().await?;
+    let warm: Vec<i64> = pool.map("square", 0..1000i64, None).await?;
+    ensure!(warm.len() == 1000, "warm-up map returned {}", warm.len());
+    let t = Instant::now();
+    let value = match case {
+        "pool-default" | "pool-chunk1" => {
+            let chunksize = (case == "pool-chunk1").then_some(1);
+            let v: Vec<i64> = pool.map("square", 0..n as i64, chunksize).await?;
+            ensure!(
+                v.len() == n && v[n - 1] == (n as i64 - 1).pow(2),
+                "wrong results"
+            );
+            n as f64 / t.elapsed().as_secs_f64()
+        }
+        _ => {
+            let task = if case == "pool-1ms" { 0.001 } else { 0.010 };
+            let v: Vec<()> = pool.map("spin", vec![task; n], Some(1)).await?;
+            ensure!(v.len() == n, "wrong result count");
+            t.elapsed().as_secs_f64() / (n as f64 * task / 2.0)
+        }
+    };
+    pool.close()?;
+    pool.join().await?;
+    Ok(value)
+}
 
 pub async fn round(ctx: &Ctx, r: usize, s: &mut Samples) -> Result<()> {
     for (case, n) in [
@@ -18,6 +57,7 @@ pub async fn round(ctx: &Ctx, r: usize, s: &mut Samples) -> Result<()> {
         ("pool-1ms", ctx.n.pool_1ms),
         ("pool-10ms", ctx.n.pool_10ms),
     ] {
+        s.add(&format!("mpctl/{case}"), r, vec![ours(ctx, case, n).await?]);
         let v = ctx.py.run(case, n).await?;
         s.add(&format!("cpython/{case}"), r, v);
     }
@@ -34,7 +74,7 @@ pub fn rows(s: &Samples) -> Vec<Row> {
     .into_iter()
     .map(|(variant, unit, key)| {
         Row::new(CASE, variant, unit)
-            .ours(not_available(WHY))
+            .ours(s.get(&format!("mpctl/{key}")))
             .cpython(s.get(&format!("cpython/{key}")))
     })
     .collect()
