@@ -12,12 +12,15 @@ use tokio::sync::watch;
 
 use super::PoolError;
 
+/// Each chunk's results: a JSON array per chunk, in chunk order.
 type Values = Vec<Vec<u8>>;
+/// One chunk's answer: its results' JSON array, or why it failed.
+type Chunk = Result<Vec<u8>, PoolError>;
 pub(crate) type Done = Box<dyn FnOnce(Result<Values, PoolError>) + Send>;
 
 pub(crate) struct CallState {
     /// Each chunk's answer, by chunk index.
-    chunks: Vec<Option<Result<Values, PoolError>>>,
+    chunks: Vec<Option<Chunk>>,
     /// Chunk indexes in the order their answers arrived.
     arrival: VecDeque<usize>,
     remaining: usize,
@@ -50,7 +53,7 @@ impl Call {
     }
 
     /// A chunk's answer arrived.
-    pub fn set(&self, index: usize, outcome: Result<Values, PoolError>) {
+    pub fn set(&self, index: usize, outcome: Chunk) {
         let done = {
             let mut s = self.lock();
             if s.chunks.get(index).is_none_or(|c| c.is_some()) {
@@ -114,35 +117,37 @@ fn collect(s: &CallState) -> Result<Values, PoolError> {
     }
     Ok(s.chunks
         .iter()
-        .flat_map(|c| match c {
-            Some(Ok(v)) => v.clone(),
-            _ => Vec::new(),
+        .filter_map(|c| match c {
+            Some(Ok(v)) => Some(v.clone()),
+            _ => None,
         })
         .collect())
 }
 
-pub(crate) fn decode_one<R: DeserializeOwned>(
+/// The items of one chunk's JSON array of results.
+pub(crate) fn decode_chunk<R: DeserializeOwned>(
     function: &str,
-    bytes: &[u8],
-) -> Result<R, PoolError> {
-    serde_json::from_slice(bytes).map_err(|e| PoolError::Decode {
+    json: &[u8],
+) -> Result<Vec<R>, PoolError> {
+    serde_json::from_slice(json).map_err(|e| PoolError::Decode {
         what: format!("a result of {function} as {}", std::any::type_name::<R>()),
         message: e.to_string(),
     })
 }
 
-/// How an [`AsyncResult`] turns the values into its result.
+/// How an [`AsyncResult`] turns the chunks' results into its result.
 pub(crate) type Decode<T> = fn(&str, Values) -> Result<T, PoolError>;
 
 pub(crate) fn decode_single<R: DeserializeOwned>(
     function: &str,
     v: Values,
 ) -> Result<R, PoolError> {
-    match v.first() {
-        Some(b) if v.len() == 1 => decode_one(function, b),
-        _ => Err(PoolError::Decode {
+    let mut all = decode_list::<R>(function, v)?;
+    match all.len() {
+        1 => Ok(all.remove(0)),
+        n => Err(PoolError::Decode {
             what: format!("the result of {function}"),
-            message: format!("expected one value, got {}", v.len()),
+            message: format!("expected one value, got {n}"),
         }),
     }
 }
@@ -151,7 +156,11 @@ pub(crate) fn decode_list<R: DeserializeOwned>(
     function: &str,
     v: Values,
 ) -> Result<Vec<R>, PoolError> {
-    v.iter().map(|b| decode_one(function, b)).collect()
+    let mut out = Vec::new();
+    for chunk in v {
+        out.extend(decode_chunk::<R>(function, &chunk)?);
+    }
+    Ok(out)
 }
 
 /// The result of `apply_async` / `map_async` (CPython's `AsyncResult`).
@@ -290,12 +299,12 @@ impl<R: DeserializeOwned> Imap<R> {
             self.next_chunk += 1;
             self.yielded += 1;
             let first = index * self.chunksize;
-            match chunk {
+            match chunk.and_then(|json| decode_chunk::<R>(&self.function, &json)) {
                 Ok(values) => self.buffer.extend(
                     values
-                        .iter()
+                        .into_iter()
                         .enumerate()
-                        .map(|(k, b)| (first + k, decode_one::<R>(&self.function, b))),
+                        .map(|(k, v)| (first + k, Ok(v))),
                 ),
                 Err(e) => self.buffer.push_back((first, Err(e))),
             }

@@ -119,7 +119,8 @@ impl PoolBuilder {
         self
     }
 
-    /// Tasks sent ahead to each worker (default 2).
+    /// Tasks sent ahead to each worker; default: adaptive, about 2 ms of
+    /// work (2 tasks for long ones, up to 256 tiny ones).
     pub fn prefetch(mut self, n: u32) -> Self {
         self.spec.prefetch = n;
         self
@@ -208,17 +209,22 @@ pub fn default_chunksize(len: usize, processes: usize) -> usize {
     chunksize + usize::from(extra > 0)
 }
 
-fn encode_items<A: Serialize>(
+/// The items as JSON arrays of at most `chunksize` elements, with their
+/// counts: one task each.
+fn encode_chunks<A: Serialize>(
     function: &str,
-    items: impl IntoIterator<Item = A>,
-) -> Result<Vec<Vec<u8>>, PoolError> {
+    items: &[A],
+    chunksize: usize,
+) -> Result<Vec<(Vec<u8>, u32)>, PoolError> {
     items
-        .into_iter()
-        .map(|a| {
-            serde_json::to_vec(&a).map_err(|e| PoolError::Encode {
-                what: format!("an argument of {function}"),
-                message: e.to_string(),
-            })
+        .chunks(chunksize.max(1))
+        .map(|chunk| {
+            serde_json::to_vec(chunk)
+                .map(|json| (json, chunk.len() as u32))
+                .map_err(|e| PoolError::Encode {
+                    what: format!("an argument of {function}"),
+                    message: e.to_string(),
+                })
         })
         .collect()
 }
@@ -260,7 +266,7 @@ impl Pool {
     fn submit(
         &self,
         function: &str,
-        chunks: Vec<Vec<Vec<u8>>>,
+        chunks: Vec<(Vec<u8>, u32)>,
         on_done: Option<Done>,
     ) -> Result<Arc<Call>, PoolError> {
         self.check_running()?;
@@ -270,26 +276,18 @@ impl Pool {
         let call = Call::new(chunks.len(), on_done);
         let mut tasks = Vec::with_capacity(chunks.len());
         let mut routes = HashMap::with_capacity(chunks.len());
-        for (index, items) in chunks.into_iter().enumerate() {
+        for (index, (items, count)) in chunks.into_iter().enumerate() {
             let id = self.next_task.fetch_add(1, Ordering::Relaxed);
             routes.insert(id, (Arc::clone(&call), index));
             tasks.push(PoolTask {
                 id,
                 function: function.to_owned(),
                 items,
+                count,
             });
         }
         self.session.send_tasks(routes, tasks)?;
         Ok(call)
-    }
-
-    fn chunked(items: Vec<Vec<u8>>, chunksize: usize) -> Vec<Vec<Vec<u8>>> {
-        let mut chunks = Vec::with_capacity(items.len().div_ceil(chunksize.max(1)));
-        let mut it = items.into_iter().peekable();
-        while it.peek().is_some() {
-            chunks.push(it.by_ref().take(chunksize.max(1)).collect());
-        }
-        chunks
     }
 
     /// `apply`: runs `function(args)` on a worker and returns its result.
@@ -307,8 +305,8 @@ impl Pool {
         function: &str,
         args: &A,
     ) -> Result<AsyncResult<R>, PoolError> {
-        let items = encode_items(function, [args])?;
-        let call = self.submit(function, vec![items], None)?;
+        let chunks = encode_chunks(function, std::slice::from_ref(args), 1)?;
+        let call = self.submit(function, chunks, None)?;
         Ok(AsyncResult::new(call, function, decode_single::<R>))
     }
 
@@ -327,7 +325,7 @@ impl Pool {
         C: FnOnce(R) + Send + 'static,
         E: FnOnce(PoolError) + Send + 'static,
     {
-        let items = encode_items(function, [args])?;
+        let chunks = encode_chunks(function, std::slice::from_ref(args), 1)?;
         let name = function.to_owned();
         let done: Done =
             Box::new(
@@ -336,7 +334,7 @@ impl Pool {
                     Err(e) => error_callback(e),
                 },
             );
-        let call = self.submit(function, vec![items], Some(done))?;
+        let call = self.submit(function, chunks, Some(done))?;
         Ok(AsyncResult::new(call, function, decode_single::<R>))
     }
 
@@ -369,13 +367,13 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         self.check_running()?;
-        let items = encode_items(function, items)?;
+        let items: Vec<A> = items.into_iter().collect();
         let chunksize = match chunksize {
             Some(0) => return Err(PoolError::Invalid("Chunksize must be 1+, not 0".into())),
             Some(c) => c,
             None => default_chunksize(items.len(), self.processes),
         };
-        let call = self.submit(function, Self::chunked(items, chunksize), None)?;
+        let call = self.submit(function, encode_chunks(function, &items, chunksize)?, None)?;
         Ok(AsyncResult::new(call, function, decode_list::<R>))
     }
 
@@ -457,7 +455,8 @@ impl Pool {
                 "Chunksize must be 1+, not {chunksize}"
             )));
         }
-        let chunks = Self::chunked(encode_items(function, items)?, chunksize);
+        let items: Vec<A> = items.into_iter().collect();
+        let chunks = encode_chunks(function, &items, chunksize)?;
         let n = chunks.len();
         let call = self.submit(function, chunks, None)?;
         Ok(Imap::new(call, function, n, chunksize, ordered))

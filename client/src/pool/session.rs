@@ -206,7 +206,7 @@ async fn forward(mut rx: mpsc::UnboundedReceiver<ToPool>, out: mpsc::UnboundedSe
             let control = match msg {
                 ToPool::Tasks(tasks) => {
                     for t in tasks {
-                        bytes += t.items.iter().map(|i| i.len() + 4).sum::<usize>() + 16;
+                        bytes += t.items.len() + 24;
                         pending.push(t);
                         if bytes >= BATCH_BYTES || pending.len() >= 50_000 {
                             flush(&mut pending, &mut bytes);

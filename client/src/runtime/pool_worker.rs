@@ -16,6 +16,7 @@ use mpctl_proto::v1::{
     PoolTaskResult, WorkerHello, WorkerInitFailed, WorkerReady, WorkerToAgent,
 };
 use mpctl_proto::worker_frame;
+use serde_json::value::RawValue;
 
 use super::Runtime;
 
@@ -61,7 +62,7 @@ pub fn serve(runtime: &Runtime, prep: Preparation) -> ! {
     }));
 
     if !prep.function.is_empty() {
-        if let Err(message) = call(runtime, &prep.function, prep.args.as_bytes()) {
+        if let Err(message) = call(runtime, &prep.function, &prep.args) {
             let frame = WorkerToAgent {
                 msg: Some(worker_to_agent::Msg::InitFailed(WorkerInitFailed {
                     message: message.clone(),
@@ -119,7 +120,7 @@ pub fn serve(runtime: &Runtime, prep: Preparation) -> ! {
 }
 
 /// Runs a registered function on one JSON argument, catching panics.
-fn call(runtime: &Runtime, function: &str, args: &[u8]) -> Result<String, String> {
+fn call(runtime: &Runtime, function: &str, args: &str) -> Result<String, String> {
     let Some(f) = runtime.functions.get(function) else {
         let known: Vec<&str> = runtime.names().collect();
         return Err(format!(
@@ -127,8 +128,6 @@ fn call(runtime: &Runtime, function: &str, args: &[u8]) -> Result<String, String
             known.join(", ")
         ));
     };
-    let args =
-        std::str::from_utf8(args).map_err(|_| "the argument is not UTF-8 JSON".to_owned())?;
     match panic::catch_unwind(AssertUnwindSafe(|| f(args))) {
         Ok(r) => r,
         Err(_) => Err(PANIC
@@ -137,39 +136,51 @@ fn call(runtime: &Runtime, function: &str, args: &[u8]) -> Result<String, String
     }
 }
 
-/// A task is a chunk: its items in order, or the first item's failure.
+/// A task is a chunk: its items' results in order (a JSON array), or the
+/// first item's failure.
 fn run_task(runtime: &Runtime, task: PoolTask) -> PoolTaskResult {
-    let mut values = Vec::with_capacity(task.items.len());
-    let mut size = 0usize;
-    for item in &task.items {
-        let outcome = call(runtime, &task.function, item).and_then(|json| {
-            size += json.len() + 8;
-            if size > MAX_TASK_RESULT {
-                Err(format!(
-                    "the results of this task take over {MAX_TASK_RESULT} bytes; use a smaller chunksize"
-                ))
-            } else {
-                Ok(json)
-            }
-        });
-        match outcome {
-            Ok(json) => values.push(json.into_bytes()),
-            Err(message) => {
-                return PoolTaskResult {
-                    id: task.id,
-                    values: Vec::new(),
-                    error: Some(PoolTaskError {
-                        kind: PoolErrorKind::TaskFailed as i32,
-                        message: format!("{}: {message}", task.function),
-                        ..Default::default()
-                    }),
-                }
-            }
+    match run_items(runtime, &task) {
+        Ok(values) => PoolTaskResult {
+            id: task.id,
+            values,
+            error: None,
+        },
+        Err(message) => PoolTaskResult {
+            id: task.id,
+            values: Vec::new(),
+            error: Some(PoolTaskError {
+                kind: PoolErrorKind::TaskFailed as i32,
+                message: format!("{}: {message}", task.function),
+                ..Default::default()
+            }),
+        },
+    }
+}
+
+fn run_items(runtime: &Runtime, task: &PoolTask) -> Result<Vec<u8>, String> {
+    let items: Vec<&RawValue> = serde_json::from_slice(&task.items)
+        .map_err(|e| format!("the task's arguments are not a JSON array: {e}"))?;
+    if items.len() != task.count as usize {
+        return Err(format!(
+            "the task announces {} items and carries {}",
+            task.count,
+            items.len()
+        ));
+    }
+    let mut out = Vec::with_capacity(task.items.len() + 2);
+    out.push(b'[');
+    for (i, item) in items.iter().enumerate() {
+        let json = call(runtime, &task.function, item.get())?;
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(json.as_bytes());
+        if out.len() > MAX_TASK_RESULT {
+            return Err(format!(
+                "the results of this task take over {MAX_TASK_RESULT} bytes; use a smaller chunksize"
+            ));
         }
     }
-    PoolTaskResult {
-        id: task.id,
-        values,
-        error: None,
-    }
+    out.push(b']');
+    Ok(out)
 }

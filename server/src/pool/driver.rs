@@ -26,7 +26,6 @@ use crate::core::Core;
 pub const MAX_QUEUED: usize = 1_000_000;
 /// Workers in a row that die before they are ready break the pool.
 const EARLY_DEATHS: u32 = 3;
-pub const DEFAULT_PREFETCH: usize = 2;
 pub const DEFAULT_RETRIES: u32 = 1;
 const RESULT_BATCH_BYTES: usize = 1 << 20;
 
@@ -92,10 +91,8 @@ impl Driver {
         out: UnboundedSender<Result<PoolEvent, Status>>,
     ) -> Driver {
         let limits = Limits {
-            window: match spec.prefetch {
-                0 => DEFAULT_PREFETCH,
-                n => n as usize,
-            },
+            // 0: adaptive (see `schedule`).
+            window: spec.prefetch as usize,
             maxtasksperchild: spec.maxtasksperchild,
             max_retries: spec.max_retries.unwrap_or(DEFAULT_RETRIES),
         };
@@ -188,6 +185,8 @@ impl Driver {
                 process_id,
                 results,
             } => {
+                self.schedule
+                    .answered(&process_id, results.len(), std::time::Instant::now());
                 for r in results {
                     if let Some(r) = self.schedule.completed(&process_id, r) {
                         self.results.push(r);

@@ -229,10 +229,11 @@ pub fn check_tasks(tasks: &[PoolTask]) -> Result<(), Status> {
                 t.id
             )));
         }
-        if t.items.is_empty() || t.items.len() > MAX_ITEMS_PER_TASK {
+        if t.items.is_empty() || t.count == 0 || t.count as usize > MAX_ITEMS_PER_TASK {
             return Err(bad(format!(
-                "task {}: a task carries 1 to {MAX_ITEMS_PER_TASK} items, got {}",
+                "task {}: a task carries a JSON array of 1 to {MAX_ITEMS_PER_TASK} items, got {} ({} bytes)",
                 t.id,
+                t.count,
                 t.items.len()
             )));
         }

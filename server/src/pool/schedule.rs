@@ -7,8 +7,15 @@
 //! outstanding, the first of them is the one it was running: that task is
 //! charged an attempt (retried, or failed with `WORKER_LOST` past the
 //! limit); the ones behind it go back to the front of the queue uncharged.
+//!
+//! The prefetch window adapts to the tasks unless the pool fixed it: it
+//! holds about [`PREFETCH_TARGET`] of work per worker (estimated from how
+//! fast busy workers answer), at least 2 tasks and at most
+//! [`MAX_ADAPTIVE_WINDOW`]. Tiny tasks then travel many per round trip, and
+//! long ones leave at most one task waiting behind the running one.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use mpctl_proto::v1::{PoolErrorKind, PoolTask, PoolTaskError, PoolTaskResult};
 
@@ -17,6 +24,11 @@ pub struct Task {
     /// How many times it was handed to a worker that then died running it.
     pub lost: u32,
 }
+
+/// Work queued ahead per worker when the window adapts.
+pub const PREFETCH_TARGET: Duration = Duration::from_millis(2);
+pub const MAX_ADAPTIVE_WINDOW: usize = 256;
+const MIN_WINDOW: usize = 2;
 
 pub struct Worker {
     pub name: String,
@@ -27,10 +39,12 @@ pub struct Worker {
     pub inflight: VecDeque<u64>,
     /// Tasks ever sent to it (for maxtasksperchild).
     pub assigned: u32,
+    /// When it last answered while busy (for the service-time estimate).
+    last_answer: Option<Instant>,
 }
 
 pub struct Limits {
-    /// Tasks outstanding per worker.
+    /// Tasks outstanding per worker; 0: adaptive.
     pub window: usize,
     /// Tasks per worker before it exits; 0: unlimited.
     pub maxtasksperchild: u32,
@@ -43,6 +57,8 @@ pub struct Schedule {
     queue: VecDeque<Task>,
     running: HashMap<u64, Task>,
     pub workers: BTreeMap<String, Worker>,
+    /// Moving average of the time a busy worker takes per task.
+    service: Option<Duration>,
 }
 
 fn error(id: u64, kind: PoolErrorKind, message: String) -> PoolTaskResult {
@@ -64,6 +80,7 @@ impl Schedule {
             queue: VecDeque::new(),
             running: HashMap::new(),
             workers: BTreeMap::new(),
+            service: None,
         }
     }
 
@@ -88,6 +105,7 @@ impl Schedule {
             ready: false,
             inflight: VecDeque::new(),
             assigned: 0,
+            last_answer: None,
         });
     }
 
@@ -96,10 +114,46 @@ impl Schedule {
         if !w.ready {
             return 0;
         }
-        let window = self.limits.window.saturating_sub(w.inflight.len());
+        let window = self.window().saturating_sub(w.inflight.len());
         match self.limits.maxtasksperchild {
             0 => window,
             max => window.min(max.saturating_sub(w.assigned) as usize),
+        }
+    }
+
+    /// The current window: fixed, or about [`PREFETCH_TARGET`] of work.
+    pub fn window(&self) -> usize {
+        if self.limits.window > 0 {
+            return self.limits.window;
+        }
+        match self.service {
+            None => MIN_WINDOW,
+            Some(s) => {
+                let per = s.as_nanos().max(1);
+                let n = PREFETCH_TARGET.as_nanos().div_ceil(per) as usize + 1;
+                n.clamp(MIN_WINDOW, MAX_ADAPTIVE_WINDOW)
+            }
+        }
+    }
+
+    /// `n` answers from `worker` arrived at `now`: if it stayed busy since its
+    /// previous answer, that stretch over `n` is a sample of the service time.
+    pub fn answered(&mut self, worker: &str, n: usize, now: Instant) {
+        let Some(w) = self.workers.get_mut(worker) else {
+            return;
+        };
+        let busy = w.inflight.len() >= n && n > 0;
+        let sample = match (w.last_answer, busy) {
+            (Some(prev), true) => Some(now.saturating_duration_since(prev) / n as u32),
+            _ => None,
+        };
+        // Still busy after these answers: the next stretch starts now.
+        w.last_answer = (w.inflight.len() > n).then_some(now);
+        if let Some(s) = sample {
+            self.service = Some(match self.service {
+                None => s,
+                Some(avg) => (avg * 4 + s) / 5,
+            });
         }
     }
 
@@ -215,14 +269,15 @@ mod tests {
         PoolTask {
             id,
             function: "f".into(),
-            items: vec![b"1".to_vec()],
+            items: b"[1]".to_vec(),
+            count: 1,
         }
     }
 
     fn ok(id: u64) -> PoolTaskResult {
         PoolTaskResult {
             id,
-            values: vec![b"1".to_vec()],
+            values: b"[1]".to_vec(),
             error: None,
         }
     }
@@ -295,6 +350,32 @@ mod tests {
         );
         assert_eq!(e.worker, "b");
         assert_eq!(s.queued(), 2);
+    }
+
+    #[test]
+    fn the_window_adapts_to_the_service_time() {
+        let mut s = schedule(0, 0, 0);
+        assert_eq!(s.window(), 2, "no estimate yet");
+        s.submit((1..=4).map(task));
+        s.assign();
+        let t0 = Instant::now();
+        // Worker a answers one task and is still busy: the clock starts.
+        s.answered("a", 1, t0);
+        assert!(s.completed("a", ok(1)).is_some());
+        // Its next answer 10 µs later: ~10 µs per task → ~200 tasks of 2 ms.
+        s.answered("a", 1, t0 + Duration::from_micros(10));
+        let w = s.window();
+        assert!((150..=MAX_ADAPTIVE_WINDOW).contains(&w), "{w}");
+        // Slow tasks (10 ms each) bring it back down to the minimum.
+        for i in 1..=20 {
+            s.workers
+                .get_mut("b")
+                .unwrap()
+                .inflight
+                .extend([100 + i, 200 + i]);
+            s.answered("b", 1, t0 + Duration::from_millis(10 * i));
+        }
+        assert_eq!(s.window(), 2);
     }
 
     #[test]
