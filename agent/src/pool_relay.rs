@@ -69,6 +69,8 @@ impl PoolRelay {
             Err(e) => return Err(e),
         }
         let listener = UnixListener::bind(&socket)?;
+        // Only this user's processes may even try a key.
+        std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let relay = Arc::new(PoolRelay {
             socket,
             state,

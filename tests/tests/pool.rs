@@ -422,3 +422,76 @@ async fn misuse_is_refused_with_cpythons_errors() {
         assert_eq!(p.exitcode(), Some(-15), "{}", w.name);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tasks_of_a_lost_node_run_again_on_another() {
+    let mut tc = TestCluster::start(Options {
+        lease_ms: 1000,
+        heartbeat_ms: 200,
+        ..Options::default()
+    });
+    tc.start_agent("node-a", 2, &[]);
+    tc.start_agent("node-b", 2, &[]);
+    let c = tc.client().await;
+    let pool = Pool::builder(&c)
+        .processes(2)
+        .program(WORKER)
+        .max_retries(1)
+        .create()
+        .await
+        .unwrap();
+    // One worker per node (most free slots wins); both answer.
+    let pids: BTreeSet<u32> = pool
+        .map::<_, u32, _>("worker_pid", 0..20u64, Some(1))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(pids.len(), 2);
+    let work = pool
+        .map_async::<_, i64, _>("slow_echo", (0..6).map(|i| (300u64, i as i64)), Some(1))
+        .unwrap();
+    // node-b's agent dies; past its lease its worker is lost and the task
+    // it was running (and those queued behind it) run on node-a.
+    tc.kill_agent("node-b");
+    assert_eq!(
+        work.get(Some(Duration::from_secs(30))).await.unwrap(),
+        (0..6i64).collect::<Vec<_>>()
+    );
+    let ws = workers(&c, pool.id()).await;
+    let lost: Vec<&ProcessInfo> = ws.iter().filter(|w| w.node == "node-b").collect();
+    assert_eq!(lost.len(), 1, "{ws:?}");
+    assert_eq!(lost[0].state, ProcessState::Lost as i32);
+    pool.terminate().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_coordinator_terminates_the_workers_of_pools_it_lost() {
+    let mut tc = TestCluster::with_agent(4);
+    let ids: Vec<String> = {
+        let c = tc.client().await;
+        let pool = Pool::builder(&c)
+            .processes(2)
+            .program(WORKER)
+            .create()
+            .await
+            .unwrap();
+        assert_eq!(pool.apply::<_, i64>("square", &4i64).await, Ok(16));
+        let ws = workers(&c, pool.id()).await;
+        assert_eq!(ws.len(), 2);
+        tc.kill_server();
+        // The pool's stream is gone with its coordinator: calls fail, never hang.
+        assert!(matches!(
+            pool.apply::<_, i64>("square", &5i64).await,
+            Err(PoolError::Cluster(_) | PoolError::NotRunning)
+        ));
+        ws.into_iter().map(|w| w.id).collect()
+    };
+    tc.start_server();
+    let c = tc.client().await;
+    for id in ids {
+        let mut p = Process::attach(&c, &id).await.unwrap();
+        p.join(Some(Duration::from_secs(20))).await.unwrap();
+        assert_eq!(p.exitcode(), Some(-15), "worker {id}");
+    }
+}
