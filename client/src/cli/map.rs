@@ -176,11 +176,8 @@ async fn map_inputs(
         builder = builder.node(n);
     }
     for l in &a.labels {
-        let (k, v) = l
-            .split_once('=')
-            .filter(|(k, _)| !k.is_empty())
-            .with_context(|| format!("label {l:?} must be KEY=VALUE"))?;
-        builder = builder.label(k, v);
+        let (k, v) = super::run::key_value(l, "--label")?;
+        builder = builder.label(&k, &v);
     }
     if a.forkserver {
         builder = builder.start_method(StartMethod::Forkserver);

@@ -62,7 +62,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is not a size: give bytes, or a number with K, M or G"))
 }
 
-fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
+pub(super) fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         _ => anyhow::bail!("{what} {s:?} must be KEY=VALUE"),

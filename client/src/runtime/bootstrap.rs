@@ -28,6 +28,21 @@ pub(super) fn fail(name: &str, message: &str) -> ! {
     super::exit(1)
 }
 
+/// Where a panic happened (` at file:line:col`, or empty) and its message.
+pub(super) fn panic_text(info: &panic::PanicHookInfo<'_>) -> (String, String) {
+    let location = info
+        .location()
+        .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
+        .unwrap_or_default();
+    let message = info
+        .payload()
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| info.payload().downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".into());
+    (location, message)
+}
+
 /// Spawn: this program was exec'd with the bootstrap pipes on fds 3 and 4.
 pub fn run(runtime: &Runtime, fds: &str) -> ! {
     let expected = format!("{PREP_FD},{RESULT_FD}");
@@ -116,16 +131,7 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
 
     let header = name.clone();
     panic::set_hook(Box::new(move |info| {
-        let location = info
-            .location()
-            .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
-            .unwrap_or_default();
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(a panic without a message)".into());
+        let (location, message) = panic_text(info);
         let thread = std::thread::current();
         let thread = thread.name().unwrap_or("<unnamed>");
         flush_stdio();

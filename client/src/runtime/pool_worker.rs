@@ -48,16 +48,7 @@ pub fn serve(runtime: &Runtime, prep: Preparation) -> ! {
         fail(format!("cannot greet the agent: {e}"));
     }
     panic::set_hook(Box::new(|info| {
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}:{}", l.file(), l.line(), l.column()))
-            .unwrap_or_default();
-        let message = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "(a panic without a message)".into());
+        let (at, message) = super::bootstrap::panic_text(info);
         PANIC.with(|p| *p.borrow_mut() = Some(format!("panicked{at}: {message}")));
     }));
 
