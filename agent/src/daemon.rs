@@ -217,7 +217,9 @@ async fn watch_launcher(
 /// which the launcher captured into the process's output directory.
 async fn exit_report(procs_dir: &Path, e: ExitRecord) -> Exited {
     let path = logs::result_path(procs_dir, &e.id);
-    let result = match tokio::fs::read(&path).await {
+    // A small local file: read in place rather than on the blocking pool,
+    // which would add a thread hand-off to every exit.
+    let result = match std::fs::read(&path) {
         // Empty: the function did not return (a return writes at least `null`).
         Ok(bytes) if bytes.is_empty() => None,
         Ok(bytes) if bytes.len() <= MAX_RESULT => Some(bytes),

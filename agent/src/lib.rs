@@ -4,7 +4,7 @@
 //! - the **launcher** ([`launcher`]): small, single-threaded, long-lived; the real
 //!   parent of every managed process. It spawns, signals through pidfds, reaps,
 //!   copies output into size-capped files and journals every exit on disk
-//!   before reporting it. It outlives agent restarts.
+//!   before it can be acknowledged. It outlives agent restarts.
 //! - the **agent daemon** ([`daemon`]): keeps one authenticated gRPC stream to the
 //!   coordinator ([`session`]), turns its commands into launcher requests, reports
 //!   launches and exits (re-sending unacknowledged exits after any reconnect), and

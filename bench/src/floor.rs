@@ -24,6 +24,43 @@ pub fn fsync(n: usize) -> anyhow::Result<Vec<f64>> {
     Ok(v)
 }
 
+/// `n` samples, in ms, of the part of case 3 no manager can save: this
+/// binary's `stamp` child (case 3's child) is released and the time from
+/// its stamp to `waitpid` returning in this plain parent is taken. It is
+/// the child's own exit (writing the stamp file, tearing the process down)
+/// plus one wake-up of an idle parent (case 3's chain has several).
+pub fn exit_wait(n: usize) -> anyhow::Result<Vec<f64>> {
+    use std::io::Write;
+    let me = std::env::current_exe()?;
+    let dir = tempfile::Builder::new()
+        .prefix("mpctl-bench-floor-")
+        .tempdir()?;
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let fifo = dir.path().join(format!("fifo-{i}"));
+        let out = dir.path().join(format!("stamp-{i}"));
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
+        let mut child = std::process::Command::new(&me)
+            .arg("stamp")
+            .arg(&fifo)
+            .arg(&out)
+            .spawn()?;
+        // The same pause as case 3 before the release: the machine idles
+        // meanwhile, and waking from idle is part of what both pay.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&fifo)?
+            .write_all(b"go")?;
+        let status = child.wait()?;
+        let end = crate::monotonic_ns();
+        anyhow::ensure!(status.success(), "stamp child: {status}");
+        let stamp: i64 = std::fs::read_to_string(&out)?.trim().parse()?;
+        v.push((end - stamp) as f64 / 1e6);
+    }
+    Ok(v)
+}
+
 /// `n` samples each, in ms: `posix_spawn("/bin/true")` + `waitpid`, and
 /// `fork` + `_exit(0)` in the child + `waitpid`.
 pub fn measure(n: usize) -> anyhow::Result<(Vec<f64>, Vec<f64>)> {

@@ -175,9 +175,12 @@ fn main() -> ExitCode {
     let r = match cli.mode {
         Some(Mode::Floor { n }) => floor::measure(n).and_then(|(spawn, fork)| {
             let fsync = floor::fsync(n / 5)?;
+            let exit_wait = floor::exit_wait(n / 10)?;
             println!(
                 "{}",
-                serde_json::json!({ "posix_spawn": spawn, "fork": fork, "fsync": fsync })
+                serde_json::json!({
+                    "posix_spawn": spawn, "fork": fork, "fsync": fsync, "exit_wait": exit_wait
+                })
             );
             Ok(())
         }),
@@ -230,7 +233,7 @@ fn floor_rounds(bench: &Path, rounds: usize, n: usize) -> Result<Samples> {
             String::from_utf8_lossy(&out.stderr)
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        for key in ["posix_spawn", "fork", "fsync"] {
+        for key in ["posix_spawn", "fork", "fsync", "exit_wait"] {
             let samples = v[key]
                 .as_array()
                 .context("floor output")?
@@ -346,6 +349,12 @@ fn floor_rows(s: &Samples) -> Vec<Row> {
         Row::new("0 native floor", "fork + _exit + waitpid", "ms").ours(s.get("floor/fork")),
         Row::new("0 native floor", "4 KiB write + fdatasync (disk)", "ms")
             .ours(s.get("floor/fsync")),
+        Row::new(
+            "0 native floor",
+            "case 3's child: its stamp → waitpid in a plain parent",
+            "ms",
+        )
+        .ours(s.get("floor/exit_wait")),
     ]
 }
 

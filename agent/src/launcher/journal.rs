@@ -1,8 +1,11 @@
 //! The exit journal: `DIR/exits.journal`, append-only, one JSON line per
 //! record, `{"exit":{...}}` or `{"ack":"ID"}`.
 //!
-//! An exit is appended and `fdatasync`ed before it is reported to anyone, so
-//! an exit code survives a crash of the launcher, the agent or the node. On
+//! An exit is appended and `fdatasync`ed right after it is sent to the agent
+//! (so the report travels while the disk syncs) and before the launcher reads
+//! anything else, in particular the acknowledgement that lets it go: an exit
+//! code survives a crash of the launcher (the agent and then the coordinator
+//! hold it), of the agent, or of the node. On
 //! open the journal is replayed (a torn last line is tolerated), the exits not
 //! yet acknowledged are kept, and the file is rewritten compacted through a
 //! temporary file, `fsync` and `rename`.

@@ -681,10 +681,13 @@ impl Server {
             "{} (pid {}) exited with {}",
             rec.id, rec.pid, rec.exitcode
         ));
+        // Reported first, so the report travels while the disk syncs; the
+        // journal has it before this loop reads anything else, in particular
+        // the coordinator's acknowledgement of it.
+        self.send(&FromLauncher::Exited(rec.clone()));
         if let Err(e) = self.journal.record_exit(&rec) {
-            // Still report it: the agent holding it beats nobody holding it.
+            // The agent and the coordinator hold it; say so loudly.
             log(format_args!("JOURNAL WRITE FAILED for {}: {e}", rec.id));
         }
-        self.send(&FromLauncher::Exited(rec));
     }
 }
