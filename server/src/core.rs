@@ -771,7 +771,7 @@ impl Core {
             }
             self.finish(t, fx)
         };
-        let _ = pending.durable().await;
+        in_background(pending);
     }
 
     pub async fn launch_failed(&self, agent: &str, id: &str, error: &str) {
@@ -794,7 +794,7 @@ impl Core {
             }
             self.finish(t, fx)
         };
-        let _ = pending.durable().await;
+        in_background(pending);
     }
 
     pub async fn exited(&self, agent: &str, generation: u64, ex: Exited) {
@@ -813,7 +813,7 @@ impl Core {
             dispatch_queue(&mut t, &mut fx);
             self.finish(t, fx)
         };
-        let _ = pending.durable().await;
+        in_background(pending);
     }
 
     /// The agent's stream ended. It stays `disconnected` (its processes keep
@@ -896,7 +896,7 @@ impl Core {
             );
             self.finish(t, fx)
         };
-        let _ = pending.durable().await;
+        in_background(pending);
     }
 
     pub fn handle_log_data(&self, data: LogData) {
@@ -910,6 +910,17 @@ impl Core {
             self.schedule_lease_check(name, self.timings.lease);
         }
     }
+}
+
+/// An agent's report is in the table (and joiners are awake); its row
+/// reaches the disk in the writer's next group commit. The agent's session
+/// does not wait for that disk write before its next message: what must
+/// follow durability (an `AckExit`) is sent by the writer after the commit.
+fn in_background(pending: Pending) {
+    tokio::spawn(async move {
+        // A failed write is logged by `durable`.
+        let _ = pending.durable().await;
+    });
 }
 
 fn is_final(state: ProcessState) -> bool {
