@@ -82,6 +82,22 @@ fn keep_order_prints_in_input_order_and_success_exits_zero() {
     let expected: String = (1..=200).map(|i| format!("n {i}\n")).collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
     assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    // The workers were processes of one pool, daemonic, all exited with 0.
+    let ps = tc.cli(&["ps", "-a", "-o", "json"]);
+    let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    let workers = ps.as_array().unwrap();
+    assert_eq!(workers.len(), 4, "{ps}");
+    let pool = workers[0]["pool_id"].as_str().unwrap();
+    assert!(!pool.is_empty());
+    for w in workers {
+        assert_eq!(w["pool_id"], pool, "{w}");
+        assert_eq!(w["exitcode"], 0, "{w}");
+        assert_eq!(w["daemon"], true, "{w}");
+        assert!(
+            w["name"].as_str().unwrap().starts_with("SpawnPoolWorker-"),
+            "{w}"
+        );
+    }
 }
 
 #[test]

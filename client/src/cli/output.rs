@@ -53,6 +53,7 @@ pub fn process_json(p: &ProcessInfo) -> Value {
             _ => "spawn",
         },
         "function": (!p.function.is_empty()).then_some(&p.function),
+        "pool_id": (!p.pool_id.is_empty()).then_some(&p.pool_id),
         "limits": p.limits.map(|l| json!({
             "memory_bytes": (l.memory_bytes != 0).then_some(l.memory_bytes),
             "cpu_seconds": (l.cpu_seconds != 0).then_some(l.cpu_seconds),
