@@ -193,10 +193,14 @@ async fn map_inputs(
         let bar =
             ProgressBar::with_draw_target(Some(inputs.len() as u64), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} inputs  {per_sec}  ETA {eta}  {msg}",
-            )
-            .expect("a valid template"),
+            ProgressStyle::with_template("{bar:30} {pos}/{len} inputs  {rate}  ETA {eta}  {msg}")
+                .expect("a valid template")
+                .with_key(
+                    "rate",
+                    |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                        let _ = write!(w, "{:.0}/s", state.per_sec());
+                    },
+                ),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
         bar
