@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use mpctl::{Pool, PoolError, Process, ProcessInfo, ProcessState, StartMethod};
-use mpctl_tests::{Options, TestCluster};
+use mpctl_tests::{fifo, Options, TestCluster};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_mpctl-test-worker");
 
@@ -251,21 +251,30 @@ async fn terminate_stops_every_worker_within_two_seconds() {
         .create()
         .await
         .unwrap();
-    // Every worker busy with a long task, more queued behind them.
+    // Every worker busy with a long task, more queued behind them; each
+    // running task announces itself with one byte on the gate FIFO.
+    let gate = fifo(tc.path(), "gate");
+    let gate_arg = gate.to_string_lossy().into_owned();
     let busy = pool
-        .map_async::<_, i64, _>("slow_echo", (0..8).map(|i| (60_000u64, i as i64)), Some(1))
+        .map_async::<_, (), _>(
+            "announce_then_sleep",
+            (0..8).map(|_| (gate_arg.clone(), 60_000u64)),
+            Some(1),
+        )
         .unwrap();
     let started = pool.apply_async::<_, i64>("square", &2i64).unwrap();
-    // Wait until the workers are up and running tasks.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ws = workers(&c, pool.id()).await;
-        if ws.len() == 4 && ws.iter().all(|w| w.state == ProcessState::Started as i32) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "workers did not start: {ws:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let announced = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 4];
+        std::fs::File::open(&gate)?
+            .read_exact(&mut buf)
+            .map(|()| buf)
+    });
+    let announced = tokio::time::timeout(Duration::from_secs(30), announced)
+        .await
+        .expect("4 tasks running within 30 s")
+        .unwrap();
+    assert_eq!(announced.unwrap(), *b"xxxx");
     let began = Instant::now();
     tokio::time::timeout(Duration::from_secs(2), pool.terminate())
         .await

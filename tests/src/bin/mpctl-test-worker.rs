@@ -82,6 +82,17 @@ fn die_once(marker: String) -> u32 {
     std::process::id()
 }
 
+/// Writes one byte to the FIFO `gate` (the test counts running tasks by
+/// reading them), then sleeps `ms` with it still open.
+fn announce_then_sleep((gate, ms): (String, u64)) {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(gate)
+        .expect("open the gate FIFO");
+    f.write_all(b"x").expect("announce");
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
 /// Runs `f` on a fresh tokio runtime: functions that use the SDK from inside
 /// a managed process.
 fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
@@ -297,6 +308,7 @@ fn main() {
             unreachable!("SIGKILL")
         })
         .function("die_once", die_once)
+        .function("announce_then_sleep", announce_then_sleep)
         .function("slow_echo", |(ms, x): (u64, i64)| {
             std::thread::sleep(Duration::from_millis(ms));
             x
