@@ -103,9 +103,7 @@ impl PoolRelay {
 
     /// A pool worker is about to be launched: returns the key it must present.
     pub fn register(&self, process_id: &str, pool_id: &str) -> String {
-        let mut b = [0u8; 32];
-        getrandom::fill(&mut b).expect("the OS random source is unavailable");
-        let key: String = b.iter().map(|x| format!("{x:02x}")).collect();
+        let key = mpctl_transport::random_hex(32);
         self.lock().insert(
             process_id.to_owned(),
             Slot {

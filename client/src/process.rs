@@ -59,9 +59,7 @@ fn parent_id() -> String {
 }
 
 fn new_request_id() -> String {
-    let mut b = [0u8; 16];
-    getrandom::fill(&mut b).expect("the OS random source is unavailable");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    mpctl_transport::random_hex(16)
 }
 
 fn millis(d: Option<Duration>) -> Option<u64> {

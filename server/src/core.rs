@@ -63,10 +63,9 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-fn new_id() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the OS random source is unavailable");
-    b.iter().map(|x| format!("{x:02x}")).collect()
+/// A process or pool id: 8 random bytes in hex.
+pub fn new_id() -> String {
+    mpctl_transport::random_hex(8)
 }
 
 fn not_found(id: &str) -> Status {

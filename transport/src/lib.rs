@@ -24,6 +24,14 @@ pub mod server;
 pub mod tls;
 
 pub use authkey::AuthKey;
+
+/// `bytes` random bytes from the OS as lowercase hex: ids and per-process
+/// keys. Panics only if the OS random source is unavailable.
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    getrandom::fill(&mut b).expect("the OS random source is unavailable");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
 pub use client::connect;
 pub use error::TransportError;
 pub use keys::{check_connect_addr, check_listen_addr, Role, RoleKey, Security};

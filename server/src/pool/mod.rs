@@ -99,7 +99,7 @@ impl PoolManager for PoolService {
             ));
         };
         check_create(&spec)?;
-        let pool_id = new_pool_id();
+        let pool_id = crate::core::new_id();
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let pools = Arc::clone(&self.pools);
@@ -156,12 +156,6 @@ impl PoolManager for PoolService {
             out_rx,
         ))))
     }
-}
-
-fn new_pool_id() -> String {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).expect("the OS random source is unavailable");
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn bad(msg: String) -> Status {
