@@ -18,7 +18,7 @@ use mpctl_proto::v1::{
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tonic::Status;
 
-use super::schedule::{Limits, Schedule};
+use super::schedule::{self, Limits, Schedule, Worker};
 use super::Pools;
 use crate::core::Core;
 
@@ -139,6 +139,12 @@ impl Driver {
         tracing::info!(pool = %self.pool_id, broken = ?self.broken, "pool finished");
     }
 
+    /// The pool's record of worker `id`, made on whichever of its start and
+    /// its ready comes first.
+    fn worker(&mut self, id: &str) -> &mut Worker {
+        self.schedule.workers.entry(id.to_owned()).or_default()
+    }
+
     fn handle(&mut self, ev: Event) {
         match ev {
             Event::Submit(tasks) => self.submit(tasks),
@@ -160,9 +166,10 @@ impl Driver {
             }
             Event::WorkerStarted(info) => {
                 self.starting -= 1;
-                self.schedule.add_worker(&info.id, &info.name, &info.node);
-                if let Some(w) = self.schedule.workers.get_mut(&info.id) {
-                    w.name = info.name.clone();
+                let w = self.worker(&info.id);
+                w.name = info.name.clone();
+                if w.node.is_empty() {
+                    w.node = info.node.clone();
                 }
                 self.live.insert(info.id.clone());
                 if self.phase == Phase::Terminating {
@@ -175,11 +182,9 @@ impl Driver {
             }
             Event::WorkerReady { node, process_id } => {
                 self.early_deaths = 0;
-                self.schedule.add_worker(&process_id, "", &node);
-                if let Some(w) = self.schedule.workers.get_mut(&process_id) {
-                    w.ready = true;
-                    w.node = node;
-                }
+                let w = self.worker(&process_id);
+                w.ready = true;
+                w.node = node;
             }
             Event::WorkerResults {
                 process_id,
@@ -224,15 +229,11 @@ impl Driver {
         };
         match refuse {
             None => self.schedule.submit(tasks),
-            Some((kind, message)) => {
-                let mut s = Schedule::new(Limits {
-                    window: 0,
-                    maxtasksperchild: 0,
-                    max_retries: 0,
-                });
-                s.submit(tasks);
-                self.results.extend(s.fail_all(kind, &message));
-            }
+            Some((kind, message)) => self.results.extend(
+                tasks
+                    .iter()
+                    .map(|t| schedule::failure(t.id, kind, message.clone())),
+            ),
         }
     }
 
@@ -347,14 +348,12 @@ impl Driver {
                 }))
                 .map_err(|_| ());
         }
-        {
-            if sent.is_err() {
-                self.terminate(
-                    PoolErrorKind::Terminated,
-                    "the pool's client went away; the pool was terminated",
-                );
-                self.results.clear();
-            }
+        if sent.is_err() {
+            self.terminate(
+                PoolErrorKind::Terminated,
+                "the pool's client went away; the pool was terminated",
+            );
+            self.results.clear();
         }
     }
 
@@ -380,35 +379,7 @@ impl Driver {
     fn start_worker(&mut self) {
         self.next_worker += 1;
         self.starting += 1;
-        let forkserver = self.spec.start_method == StartMethod::Forkserver as i32;
-        let prefix = if forkserver { "ForkServer" } else { "Spawn" };
-        let spec = &self.spec;
-        let req = StartRequest {
-            name: format!("{prefix}PoolWorker-{}", self.next_worker),
-            placement: spec.placement.clone(),
-            // As in CPython, pool workers are daemonic.
-            daemon: true,
-            start_method: if forkserver {
-                StartMethod::Forkserver
-            } else {
-                StartMethod::Spawn
-            } as i32,
-            function: Some(FunctionTarget {
-                program: spec.program.clone(),
-                program_args: spec.program_args.clone(),
-                function: spec.initializer.clone(),
-                args: spec.initargs.clone(),
-                env: spec.env.clone(),
-                cwd: spec.cwd.clone(),
-                preload: spec.preload.clone(),
-                pool_worker: Some(PoolWorkerTarget {
-                    pool_id: self.pool_id.clone(),
-                    maxtasksperchild: spec.maxtasksperchild,
-                }),
-            }),
-            limits: spec.limits,
-            ..Default::default()
-        };
+        let req = worker_request(&self.spec, &self.pool_id, self.next_worker);
         let core = Arc::clone(&self.core);
         let events = self.events.clone();
         tokio::spawn(async move {
@@ -430,5 +401,38 @@ impl Driver {
                 }
             }
         });
+    }
+}
+
+/// The start request of a pool's `n`-th worker: a daemonic function target
+/// (as CPython's pool workers are) whose function is the pool's initializer,
+/// marked as a worker of `pool_id`.
+pub(super) fn worker_request(spec: &CreatePool, pool_id: &str, n: u32) -> StartRequest {
+    let forkserver = spec.start_method == StartMethod::Forkserver as i32;
+    let (prefix, method) = if forkserver {
+        ("ForkServer", StartMethod::Forkserver)
+    } else {
+        ("Spawn", StartMethod::Spawn)
+    };
+    StartRequest {
+        name: format!("{prefix}PoolWorker-{n}"),
+        placement: spec.placement.clone(),
+        daemon: true,
+        start_method: method as i32,
+        function: Some(FunctionTarget {
+            program: spec.program.clone(),
+            program_args: spec.program_args.clone(),
+            function: spec.initializer.clone(),
+            args: spec.initargs.clone(),
+            env: spec.env.clone(),
+            cwd: spec.cwd.clone(),
+            preload: spec.preload.clone(),
+            pool_worker: Some(PoolWorkerTarget {
+                pool_id: pool_id.to_owned(),
+                maxtasksperchild: spec.maxtasksperchild,
+            }),
+        }),
+        limits: spec.limits,
+        ..Default::default()
     }
 }

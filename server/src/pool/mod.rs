@@ -190,22 +190,8 @@ pub fn check_create(c: &CreatePool) -> Result<(), Status> {
     if c.max_retries.unwrap_or(0) > MAX_RETRIES {
         return Err(bad(format!("max_retries is limited to {MAX_RETRIES}")));
     }
-    // The worker's start request gets the same checks as any start.
-    let probe = mpctl_proto::v1::StartRequest {
-        function: Some(mpctl_proto::v1::FunctionTarget {
-            program: c.program.clone(),
-            program_args: c.program_args.clone(),
-            function: c.initializer.clone(),
-            args: c.initargs.clone(),
-            env: c.env.clone(),
-            cwd: c.cwd.clone(),
-            preload: c.preload.clone(),
-            pool_worker: Some(Default::default()),
-        }),
-        placement: c.placement.clone(),
-        ..Default::default()
-    };
-    validate::start_request(&probe)
+    // The workers' start request gets the same checks as any start.
+    validate::start_request(&driver::worker_request(c, "", 1))
 }
 
 /// Bounds of submitted tasks.

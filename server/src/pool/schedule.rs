@@ -30,6 +30,7 @@ pub const PREFETCH_TARGET: Duration = Duration::from_millis(2);
 pub const MAX_ADAPTIVE_WINDOW: usize = 256;
 const MIN_WINDOW: usize = 2;
 
+#[derive(Default)]
 pub struct Worker {
     pub name: String,
     pub node: String,
@@ -61,7 +62,8 @@ pub struct Schedule {
     service: Option<Duration>,
 }
 
-fn error(id: u64, kind: PoolErrorKind, message: String) -> PoolTaskResult {
+/// The answer that fails task `id`.
+pub fn failure(id: u64, kind: PoolErrorKind, message: String) -> PoolTaskResult {
     PoolTaskResult {
         id,
         values: Vec::new(),
@@ -96,17 +98,6 @@ impl Schedule {
 
     pub fn queued(&self) -> usize {
         self.queue.len()
-    }
-
-    pub fn add_worker(&mut self, id: &str, name: &str, node: &str) {
-        self.workers.entry(id.to_owned()).or_insert_with(|| Worker {
-            name: name.to_owned(),
-            node: node.to_owned(),
-            ready: false,
-            inflight: VecDeque::new(),
-            assigned: 0,
-            last_answer: None,
-        });
     }
 
     /// How many more tasks `w` may be sent now.
@@ -218,7 +209,7 @@ impl Schedule {
                         Some(c) => format!("exited with code {c}"),
                         None => format!("was lost with node {}", w.node),
                     };
-                    let mut r = error(
+                    let mut r = failure(
                         *id,
                         PoolErrorKind::WorkerLost,
                         format!(
@@ -256,7 +247,7 @@ impl Schedule {
         }
         ids.sort_unstable();
         ids.into_iter()
-            .map(|id| error(id, kind, message.to_owned()))
+            .map(|id| failure(id, kind, message.to_owned()))
             .collect()
     }
 }
@@ -289,8 +280,13 @@ mod tests {
             max_retries: retries,
         });
         for w in ["a", "b"] {
-            s.add_worker(w, w, "n1");
-            s.workers.get_mut(w).unwrap().ready = true;
+            let worker = Worker {
+                name: w.into(),
+                node: "n1".into(),
+                ready: true,
+                ..Default::default()
+            };
+            s.workers.insert(w.into(), worker);
         }
         s
     }
