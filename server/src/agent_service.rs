@@ -61,7 +61,7 @@ impl AgentService for AgentSessions {
                 match tokio::time::timeout(lease, inbound.message()).await {
                     Ok(Ok(Some(msg))) => {
                         core.seen(&name);
-                        handle(&core, &pools, &name, generation, msg).await;
+                        handle(&core, &pools, &name, generation, msg);
                     }
                     Ok(Ok(None)) => {
                         tracing::info!(agent = %name, "agent session closed");
@@ -86,18 +86,15 @@ impl AgentService for AgentSessions {
     }
 }
 
-async fn handle(core: &Arc<Core>, pools: &Pools, agent: &str, generation: u64, msg: AgentMessage) {
+fn handle(core: &Arc<Core>, pools: &Pools, agent: &str, generation: u64, msg: AgentMessage) {
     match msg.msg {
         Some(Msg::Heartbeat(_)) | None => {}
         Some(Msg::Register(_)) => {
             tracing::warn!(agent, "ignoring a second Register on one session")
         }
-        Some(Msg::Launched(l)) => {
-            core.launched(agent, &l.process_id, l.pid, l.at_unix_ms)
-                .await
-        }
-        Some(Msg::LaunchFailed(f)) => core.launch_failed(agent, &f.process_id, &f.error).await,
-        Some(Msg::Exited(e)) => core.exited(agent, generation, e).await,
+        Some(Msg::Launched(l)) => core.launched(agent, &l.process_id, l.pid, l.at_unix_ms),
+        Some(Msg::LaunchFailed(f)) => core.launch_failed(agent, &f.process_id, &f.error),
+        Some(Msg::Exited(e)) => core.exited(agent, generation, e),
         Some(Msg::LogData(d)) => core.handle_log_data(d),
         Some(Msg::Signaled(s)) => core.signaled(agent, s),
         Some(Msg::PoolWorkerReady(r)) => pools.route(

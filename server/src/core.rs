@@ -754,7 +754,7 @@ impl Core {
         }
     }
 
-    pub async fn launched(&self, agent: &str, id: &str, pid: i32, at_ms: i64) {
+    pub fn launched(&self, agent: &str, id: &str, pid: i32, at_ms: i64) {
         let pending = {
             let mut t = self.lock();
             let mut fx = Effects::new();
@@ -773,7 +773,7 @@ impl Core {
         in_background(pending);
     }
 
-    pub async fn launch_failed(&self, agent: &str, id: &str, error: &str) {
+    pub fn launch_failed(&self, agent: &str, id: &str, error: &str) {
         let pending = {
             let mut t = self.lock();
             let mut fx = Effects::new();
@@ -796,7 +796,7 @@ impl Core {
         in_background(pending);
     }
 
-    pub async fn exited(&self, agent: &str, generation: u64, ex: Exited) {
+    pub fn exited(&self, agent: &str, generation: u64, ex: Exited) {
         let pending = {
             let mut t = self.lock();
             let Some(session) = t
@@ -857,12 +857,12 @@ impl Core {
         let core = Arc::clone(self);
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            core.lease_expired(&agent).await;
+            core.lease_expired(&agent);
         });
     }
 
     /// The agent is past its lease: it and its processes are `lost`.
-    pub async fn lease_expired(&self, agent: &str) {
+    pub fn lease_expired(&self, agent: &str) {
         let pending = {
             let mut t = self.lock();
             let Some(a) = t.agents.get_mut(agent) else {
