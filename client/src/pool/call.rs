@@ -65,12 +65,10 @@ impl Call {
             s.chunks[index] = Some(outcome);
             s.arrival.push_back(index);
             s.remaining -= 1;
-            match (s.remaining, s.on_done.take()) {
-                (0, Some(f)) => Some((f, collect(&s))),
-                (_, f) => {
-                    s.on_done = f;
-                    None
-                }
+            if s.remaining == 0 {
+                s.on_done.take().map(|f| (f, collect(&s)))
+            } else {
+                None
             }
         };
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -92,18 +90,17 @@ impl Call {
             if let Some(v) = check(&mut self.lock()) {
                 return Ok(v);
             }
-            let changed = rx.changed();
+            // The sender is `self.changed`: it outlives this wait.
+            let changed = async {
+                let _ = rx.changed().await;
+            };
             match deadline {
-                Some(d) => match tokio::time::timeout_at(d, changed).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return Err(PoolError::Cluster("the pool went away".into())),
-                    Err(_) => return Err(PoolError::Timeout),
-                },
-                None => {
-                    if changed.await.is_err() {
-                        return Err(PoolError::Cluster("the pool went away".into()));
+                Some(d) => {
+                    if tokio::time::timeout_at(d, changed).await.is_err() {
+                        return Err(PoolError::Timeout);
                     }
                 }
+                None => changed.await,
             }
         }
     }
