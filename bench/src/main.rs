@@ -41,6 +41,9 @@ struct Cli {
     /// A fast smoke run: 2 rounds, few iterations, a small scale case
     #[arg(long)]
     quick: bool,
+    /// Run only these cases (numbers 1–5, comma-separated); the floor always runs
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=5))]
+    only: Vec<u8>,
     #[command(subcommand)]
     mode: Option<Mode>,
 }
@@ -275,6 +278,14 @@ fn machine(cli: &Cli, rounds: usize, py: &str, busy: f64) -> Vec<(&'static str, 
         ("CPU busy before start", format!("{busy:.0}% (1 s sample)")),
         ("rounds", rounds.to_string()),
         ("quick", cli.quick.to_string()),
+        (
+            "cases",
+            if cli.only.is_empty() {
+                "all".to_owned()
+            } else {
+                format!("{:?}", cli.only)
+            },
+        ),
     ]
 }
 
@@ -324,7 +335,7 @@ fn run(cli: &Cli) -> Result<()> {
     let rt = tokio::runtime::Runtime::new()?;
     let rows = rt.block_on(async {
         tokio::select! {
-            r = bench_all(mpctl, bench, py, n, rounds) => r,
+            r = bench_all(mpctl, bench, py, n, rounds, &cli.only) => r,
             _ = tokio::signal::ctrl_c() => bail!("interrupted; everything started was stopped"),
         }
     })?;
@@ -364,7 +375,9 @@ async fn bench_all(
     py: Python,
     n: Iterations,
     rounds: usize,
+    only: &[u8],
 ) -> Result<Vec<Row>> {
+    let case = |c: u8| only.is_empty() || only.contains(&c);
     eprintln!("mpctl-bench: starting mpctl dev");
     let dev = Dev::start(&mpctl)?;
     let cluster = connect(&dev.addr, &dev.key).await?;
@@ -381,18 +394,36 @@ async fn bench_all(
     let mut s = Samples::default();
     for r in 0..rounds {
         eprintln!("mpctl-bench: round {}/{rounds}", r + 1);
-        startjoin::round(&ctx, r, &mut s).await?;
-        rate::round(&ctx, r, &mut s).await?;
-        notify::round(&ctx, r, &mut s).await?;
-        pool::round(&ctx, r, &mut s).await?;
+        if case(1) {
+            startjoin::round(&ctx, r, &mut s).await?;
+        }
+        if case(2) {
+            rate::round(&ctx, r, &mut s).await?;
+        }
+        if case(3) {
+            notify::round(&ctx, r, &mut s).await?;
+        }
+        if case(4) {
+            pool::round(&ctx, r, &mut s).await?;
+        }
     }
-    eprintln!("mpctl-bench: scale (server + agent)");
-    let scale = scale::run(&ctx).await?;
-    let mut rows = startjoin::rows(&s);
-    rows.extend(rate::rows(&s));
-    rows.extend(notify::rows(&s));
-    rows.extend(pool::rows(&s));
-    rows.extend(scale);
+    let mut rows = Vec::new();
+    if case(1) {
+        rows.extend(startjoin::rows(&s));
+    }
+    if case(2) {
+        rows.extend(rate::rows(&s));
+    }
+    if case(3) {
+        rows.extend(notify::rows(&s));
+    }
+    if case(4) {
+        rows.extend(pool::rows(&s));
+    }
+    if case(5) {
+        eprintln!("mpctl-bench: scale (server + agent)");
+        rows.extend(scale::run(&ctx).await?);
+    }
     Ok(rows)
 }
 
