@@ -1,20 +1,26 @@
 //! The exit journal: `DIR/exits.journal`, append-only, one JSON line per
 //! record, `{"exit":{...}}` or `{"ack":"ID"}`.
 //!
-//! An exit is appended and `fdatasync`ed right after it is sent to the agent
-//! (so the report travels while the disk syncs) and before the launcher reads
-//! anything else, in particular the acknowledgement that lets it go: an exit
-//! code survives a crash of the launcher (the agent and then the coordinator
-//! hold it), of the agent, or of the node. On
-//! open the journal is replayed (a torn last line is tolerated), the exits not
-//! yet acknowledged are kept, and the file is rewritten compacted through a
-//! temporary file, `fsync` and `rename`.
+//! An exit is reported to the agent first and journaled just after, off the
+//! notification path: its line is buffered and written with one `fdatasync`
+//! within [`SYNC_DELAY`] (one sync covers every exit of a burst), and always
+//! before its acknowledgement is applied. An acknowledgement that arrives
+//! sooner waits for that sync. So an exit code survives a crash of the
+//! launcher (the agent and then the coordinator hold it, and the journal
+//! has it within milliseconds), of the agent, or of the node. Ack lines need
+//! no sync: a lost one only makes the exit be reported twice, which the
+//! coordinator ignores. On open the journal is replayed (a torn last line is
+//! tolerated), the exits not yet acknowledged are kept, and the file is
+//! rewritten compacted through a temporary file, `fsync` and `rename`; a
+//! running launcher compacts the same way once it has appended
+//! [`COMPACT_AFTER`] bytes.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +29,16 @@ use super::protocol::ExitRecord;
 
 /// File name of the journal inside the launcher directory.
 pub const JOURNAL_FILE: &str = "exits.journal";
+
+/// How long an exit may wait in memory before it is written and synced.
+/// Long enough that the sync does not compete with the exit's own report
+/// (about a millisecond from the launcher to `join` returning), short
+/// enough that only a crash of both the launcher and the agent within it
+/// could lose an exit.
+pub const SYNC_DELAY: Duration = Duration::from_millis(5);
+
+/// A running launcher rewrites its journal once it has appended this much.
+pub const COMPACT_AFTER: u64 = 4 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -39,6 +55,16 @@ pub struct Journal {
     /// Unacknowledged exits by id, with an insertion sequence for ordering.
     unacked: BTreeMap<String, (u64, ExitRecord)>,
     seq: u64,
+    /// Lines not yet written; `exits_pending` when an exit is among them.
+    pending: Vec<u8>,
+    exits_pending: bool,
+    /// When `pending` must be on disk at the latest.
+    due: Option<Instant>,
+    /// Acknowledgements of exits that were still pending; applied after the sync.
+    deferred_acks: Vec<String>,
+    /// Bytes appended since the file was last compacted, and the limit.
+    appended: u64,
+    compact_after: u64,
 }
 
 impl Journal {
@@ -79,27 +105,98 @@ impl Journal {
             file,
             unacked: journal_unacked,
             seq,
+            pending: Vec::new(),
+            exits_pending: false,
+            due: None,
+            deferred_acks: Vec::new(),
+            appended: 0,
+            compact_after: COMPACT_AFTER,
         };
         Ok((journal, skipped))
     }
 
-    /// Durably records an exit; only then may it be reported. On error the
-    /// exit is still held in memory.
-    pub fn record_exit(&mut self, rec: &ExitRecord) -> Result<(), LauncherError> {
-        // Kept in memory even if the disk fails, so it is still reported.
+    /// Records an exit: held in memory at once (so it is reported, and
+    /// re-sent after a reconnect), on disk by [`Journal::due`].
+    pub fn record_exit(&mut self, rec: &ExitRecord) {
         self.seq += 1;
         self.unacked.insert(rec.id.clone(), (self.seq, rec.clone()));
-        self.append(&Entry::Exit(rec.clone()))
+        self.buffer(&Entry::Exit(rec.clone()));
+        self.exits_pending = true;
     }
 
-    /// Durably records that the exit of `id` was taken over by the agent.
+    /// The exit of `id` was taken over by the agent. Applied once the exit
+    /// is on disk (at the next [`Journal::flush`] if it is still pending).
     /// Acknowledging an unknown id is a no-op.
-    pub fn ack(&mut self, id: &str) -> Result<(), LauncherError> {
+    pub fn ack(&mut self, id: &str) {
         if !self.unacked.contains_key(id) {
-            return Ok(());
+            return;
         }
-        self.append(&Entry::Ack(id.to_owned()))?;
-        self.unacked.remove(id);
+        if self.exits_pending {
+            self.deferred_acks.push(id.to_owned());
+        } else {
+            self.apply_ack(id);
+        }
+    }
+
+    fn apply_ack(&mut self, id: &str) {
+        if self.unacked.remove(id).is_some() {
+            self.buffer(&Entry::Ack(id.to_owned()));
+        }
+    }
+
+    /// When the buffered lines must be written ([`Journal::flush`]); `None`
+    /// when nothing is buffered.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// Writes the buffered lines, syncs them if an exit is among them, then
+    /// applies the acknowledgements that waited for that sync. On error the
+    /// lines stay buffered (and the exits in memory) for the next attempt.
+    pub fn flush(&mut self) -> Result<(), LauncherError> {
+        // A second round writes the ack lines the first one released.
+        while !self.pending.is_empty() {
+            self.write_pending()?;
+        }
+        self.due = None;
+        if self.appended >= self.compact_after {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    fn write_pending(&mut self) -> Result<(), LauncherError> {
+        let sync = self.exits_pending;
+        let written = self.file.write_all(&self.pending).and_then(|()| {
+            if sync {
+                self.file.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            self.due = Some(Instant::now() + SYNC_DELAY);
+            return Err(self.error(format!("append: {e}")));
+        }
+        self.appended += self.pending.len() as u64;
+        self.pending.clear();
+        self.exits_pending = false;
+        for id in std::mem::take(&mut self.deferred_acks) {
+            self.apply_ack(&id);
+        }
+        Ok(())
+    }
+
+    /// Rewrites the file with only the unacknowledged exits (buffered ack
+    /// lines are then moot).
+    fn compact(&mut self) -> Result<(), LauncherError> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let file = compact(dir, &self.path, self.ordered().into_iter())
+            .map_err(|e| self.error(format!("compact: {e}")))?;
+        self.file = file;
+        self.appended = 0;
+        self.pending.clear();
+        self.due = None;
         Ok(())
     }
 
@@ -110,24 +207,35 @@ impl Journal {
 
     /// All unacknowledged exits, oldest first.
     pub fn all_unacked(&self) -> Vec<ExitRecord> {
-        let mut v: Vec<_> = self.unacked.values().collect();
-        v.sort_by_key(|(seq, _)| *seq);
-        v.into_iter().map(|(_, r)| r.clone()).collect()
+        self.ordered().into_iter().cloned().collect()
     }
 
-    fn append(&mut self, entry: &Entry) -> Result<(), LauncherError> {
-        let mut line = serde_json::to_vec(entry).map_err(|e| LauncherError::Journal {
+    fn ordered(&self) -> Vec<&ExitRecord> {
+        let mut v: Vec<_> = self.unacked.values().collect();
+        v.sort_by_key(|(seq, _)| *seq);
+        v.into_iter().map(|(_, r)| r).collect()
+    }
+
+    fn buffer(&mut self, entry: &Entry) {
+        // Encoding a plain struct of strings and integers cannot fail.
+        if serde_json::to_writer(&mut self.pending, entry).is_ok() {
+            self.pending.push(b'\n');
+        }
+        self.due.get_or_insert_with(|| Instant::now() + SYNC_DELAY);
+    }
+
+    fn error(&self, reason: String) -> LauncherError {
+        LauncherError::Journal {
             path: self.path.clone(),
-            reason: format!("encode: {e}"),
-        })?;
-        line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
-            .map_err(|e| LauncherError::Journal {
-                path: self.path.clone(),
-                reason: format!("append: {e}"),
-            })
+            reason,
+        }
+    }
+}
+
+impl Drop for Journal {
+    /// A launcher that stops writes what it still holds.
+    fn drop(&mut self) {
+        let _ = self.flush();
     }
 }
 
@@ -196,10 +304,10 @@ mod tests {
         {
             let (mut j, skipped) = Journal::open(dir.path()).unwrap();
             assert!(skipped.is_empty());
-            j.record_exit(&rec("b", 1)).unwrap();
-            j.record_exit(&rec("a", 2)).unwrap();
-            j.record_exit(&rec("c", -9)).unwrap();
-            j.ack("a").unwrap();
+            j.record_exit(&rec("b", 1));
+            j.record_exit(&rec("a", 2));
+            j.record_exit(&rec("c", -9));
+            j.ack("a");
         }
         let mut f = OpenOptions::new()
             .append(true)
@@ -213,5 +321,66 @@ mod tests {
         let text = fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
         assert_eq!(text.lines().count(), 2, "compacted: {text}");
         assert!(text.starts_with(r#"{"exit":{"id":"b","#));
+    }
+
+    fn on_disk(dir: &Path) -> String {
+        fs::read_to_string(dir.join(JOURNAL_FILE)).unwrap()
+    }
+
+    #[test]
+    fn an_exit_is_on_disk_after_flush_and_its_ack_waits_for_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.due(), None);
+        j.record_exit(&rec("a", 3));
+        let due = j.due().expect("an exit is due to be written");
+        assert!(due <= Instant::now() + SYNC_DELAY);
+        assert_eq!(on_disk(dir.path()), "", "buffered, not yet written");
+        // The ack arrives before the sync: it waits, and the exit stays held.
+        j.ack("a");
+        assert_eq!(j.all_unacked(), vec![rec("a", 3)]);
+        j.flush().unwrap();
+        assert_eq!(j.all_unacked(), Vec::<ExitRecord>::new());
+        assert_eq!(j.due(), None);
+        let text = on_disk(dir.path());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].starts_with(r#"{"exit":{"id":"a","#), "{text}");
+        assert_eq!(lines[1], r#"{"ack":"a"}"#);
+        // An ack of an exit already on disk is buffered, not synced.
+        j.record_exit(&rec("b", 0));
+        j.flush().unwrap();
+        j.ack("b");
+        assert!(j.due().is_some());
+        assert_eq!(on_disk(dir.path()).lines().count(), 3);
+    }
+
+    #[test]
+    fn a_long_running_journal_compacts_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        j.compact_after = 10_000;
+        j.record_exit(&rec("kept", 7));
+        j.flush().unwrap();
+        let (mut n, mut largest) = (0, 0);
+        loop {
+            let id = format!("p{n}");
+            j.record_exit(&rec(&id, 0));
+            j.flush().unwrap();
+            j.ack(&id);
+            j.flush().unwrap();
+            let len = on_disk(dir.path()).len();
+            if len < largest {
+                break;
+            }
+            largest = len;
+            n += 1;
+            assert!(n < 10_000, "never compacted");
+        }
+        assert!(largest >= 9_800, "compacted at {largest} bytes, before 10,000");
+        drop(j);
+        let (j, skipped) = Journal::open(dir.path()).unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(j.all_unacked(), vec![rec("kept", 7)]);
     }
 }

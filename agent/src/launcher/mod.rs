@@ -42,5 +42,7 @@ fn log(args: std::fmt::Arguments<'_>) {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
-    let _ = writeln!(std::io::stderr().lock(), "{ms} mpctl-launcher: {args}");
+    // One write per line: stderr is unbuffered and usually a file.
+    let line = format!("{ms} mpctl-launcher: {args}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }

@@ -149,7 +149,9 @@ impl Server {
                     Token::Listener => self.accept(),
                 }
             }
+            self.flush_journal(false);
         }
+        self.flush_journal(true);
         Ok(())
     }
 
@@ -194,12 +196,18 @@ impl Server {
             fds.push(PollFd::new(conn.as_fd(), PollFlags::POLLIN));
             tokens.push(Token::Adopt(*k));
         }
-        let timeout = if self.seen_agent {
-            PollTimeout::NONE
-        } else {
-            let left = FIRST_CONNECTION_GRACE.saturating_sub(self.started.elapsed());
+        let grace = (!self.seen_agent)
+            .then(|| FIRST_CONNECTION_GRACE.saturating_sub(self.started.elapsed()));
+        let journal = self
+            .journal
+            .due()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = match grace.into_iter().chain(journal).min() {
+            None => PollTimeout::NONE,
             // Round up so the loop does not spin on the last millisecond.
-            PollTimeout::try_from(left + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
+            Some(left) => {
+                PollTimeout::try_from(left + Duration::from_millis(1)).unwrap_or(PollTimeout::MAX)
+            }
         };
         match poll(&mut fds, timeout) {
             Ok(_) => {}
@@ -296,11 +304,7 @@ impl Server {
                 let delivered = self.signal(&id, signo, tree);
                 self.send(&FromLauncher::Signaled { id, delivered });
             }
-            ToLauncher::Ack { id } => {
-                if let Err(e) = self.journal.ack(&id) {
-                    log(format_args!("acknowledging {id}: {e}"));
-                }
-            }
+            ToLauncher::Ack { id } => self.journal.ack(&id),
         }
     }
 
@@ -355,12 +359,13 @@ impl Server {
             },
         );
         self.by_pid.insert(pid, spec.id.clone());
-        log(format_args!("launched {} as pid {pid}", spec.id));
+        // Reported before it is logged: the start is on the caller's path.
         self.send(&FromLauncher::Launched(Launched {
-            id: spec.id,
+            id: spec.id.clone(),
             pid,
             at_unix_ms: started_ms,
         }));
+        log(format_args!("launched {} as pid {pid}", spec.id));
     }
 
     /// Sends the start to the forkserver for (program, preload), starting
@@ -443,12 +448,12 @@ impl Server {
                     },
                 );
                 self.by_pid.insert(pid, id.clone());
-                log(format_args!("forked {id} as pid {pid}"));
                 self.send(&FromLauncher::Launched(Launched {
-                    id,
+                    id: id.clone(),
                     pid,
                     at_unix_ms: started_ms,
                 }));
+                log(format_args!("forked {id} as pid {pid}"));
             }
             FromForkserver::StartFailed { id, error } => {
                 if let Some((_, s)) = self.forkservers.servers.get_mut(&token) {
@@ -677,17 +682,25 @@ impl Server {
     }
 
     fn exited(&mut self, rec: ExitRecord) {
+        // Reported first: the journal writes it within SYNC_DELAY, off the
+        // notification path, and before its acknowledgement is applied.
+        self.send(&FromLauncher::Exited(rec.clone()));
+        self.journal.record_exit(&rec);
         log(format_args!(
             "{} (pid {}) exited with {}",
             rec.id, rec.pid, rec.exitcode
         ));
-        // Reported first, so the report travels while the disk syncs; the
-        // journal has it before this loop reads anything else, in particular
-        // the coordinator's acknowledgement of it.
-        self.send(&FromLauncher::Exited(rec.clone()));
-        if let Err(e) = self.journal.record_exit(&rec) {
-            // The agent and the coordinator hold it; say so loudly.
-            log(format_args!("JOURNAL WRITE FAILED for {}: {e}", rec.id));
+    }
+
+    /// Writes the journal's buffered lines once they are due (and when the
+    /// launcher stops).
+    fn flush_journal(&mut self, force: bool) {
+        let due = self.journal.due().is_some_and(|d| d <= Instant::now());
+        if due || (force && self.journal.due().is_some()) {
+            if let Err(e) = self.journal.flush() {
+                // The agent and the coordinator hold the exits; say so loudly.
+                log(format_args!("JOURNAL WRITE FAILED: {e}; retrying"));
+            }
         }
     }
 }
