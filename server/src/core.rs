@@ -915,10 +915,11 @@ impl Core {
 /// reaches the disk in the writer's next group commit. The agent's session
 /// does not wait for that disk write before its next message: what must
 /// follow durability (an `AckExit`) is sent by the writer after the commit.
+/// Nobody waits for this batch: the writer may group it with later ones.
 fn in_background(pending: Pending) {
     tokio::spawn(async move {
-        // A failed write is logged by `durable`.
-        let _ = pending.durable().await;
+        // A failed write is logged by `committed`.
+        let _ = pending.committed().await;
     });
 }
 

@@ -5,13 +5,20 @@
 //! only leave once those rows are durable (a `Launch` after its process row, an
 //! `AckExit` after the exit). The thread commits every batch waiting in its
 //! queue in one transaction (group commit), then sends their messages in
-//! submission order, then answers each submitter.
+//! submission order, then answers each submitter. A batch someone waits for
+//! ([`Pending::durable`]) is committed at once; one nobody waits for (an
+//! agent's report) may wait up to [`COMMIT_DELAY`] for company, so its sync
+//! does not compete for the CPU with the answers the report wakes (a `join`
+//! returning) and bursts share one sync.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
 
-use mpctl_proto::v1::{AgentInfo, CoordinatorMessage, ProcessInfo, StartRequest};
+use mpctl_proto::v1::{
+    coordinator_message, AgentInfo, CoordinatorMessage, ProcessInfo, StartRequest,
+};
 use prost::Message;
 use rusqlite::{params, Connection};
 use tokio::sync::{mpsc, oneshot};
@@ -57,11 +64,32 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty() && self.after_commit.is_empty()
     }
+
+    /// Whether a message in it starts something (a `Launch` of a queued
+    /// process, a signal to a daemon child): then it must not wait for the
+    /// group commit. An `AckExit` can wait.
+    fn carries_work(&self) -> bool {
+        self.after_commit
+            .iter()
+            .any(|(_, m)| !matches!(m.msg, Some(coordinator_message::Msg::AckExit(_))))
+    }
 }
+
+/// How long a batch nobody waits for may wait for others before it is
+/// committed. Its agent messages (an `AckExit`) wait with it; nothing is
+/// lost if the coordinator stops meanwhile, as the agent re-sends what was
+/// not acknowledged.
+pub const COMMIT_DELAY: Duration = Duration::from_millis(2);
 
 struct Job {
     batch: Batch,
     done: oneshot::Sender<Result<(), String>>,
+}
+
+enum Msg {
+    Job(Job),
+    /// Someone waits: commit what is queued now.
+    Flush,
 }
 
 /// Everything read back at start-up.
@@ -73,15 +101,26 @@ pub struct Loaded {
 
 #[derive(Clone)]
 pub struct Store {
-    tx: std_mpsc::Sender<Job>,
+    tx: std_mpsc::Sender<Msg>,
 }
 
 /// A submitted batch; await it to know it is durable.
-pub struct Pending(oneshot::Receiver<Result<(), String>>);
+pub struct Pending {
+    done: oneshot::Receiver<Result<(), String>>,
+    writer: std_mpsc::Sender<Msg>,
+}
 
 impl Pending {
+    /// Commits the batch now (with whatever else is queued) and waits for it.
     pub async fn durable(self) -> Result<(), StoreError> {
-        match self.0.await {
+        let _ = self.writer.send(Msg::Flush);
+        self.committed().await
+    }
+
+    /// Waits for the batch, letting the writer group it with later ones for
+    /// up to [`COMMIT_DELAY`].
+    pub async fn committed(self) -> Result<(), StoreError> {
+        match self.done.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => {
                 tracing::error!(%reason, "state write failed");
@@ -128,7 +167,7 @@ impl Store {
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let loaded = load(&conn, path)?;
-        let (tx, rx) = std_mpsc::channel::<Job>();
+        let (tx, rx) = std_mpsc::channel::<Msg>();
         let thread_path = path.to_owned();
         std::thread::Builder::new()
             .name("mpctl-store".into())
@@ -144,12 +183,20 @@ impl Store {
     /// order of the state changes they record.
     pub fn submit(&self, batch: Batch) -> Pending {
         let (done, rx) = oneshot::channel();
+        let urgent = batch.carries_work();
         if batch.is_empty() {
             let _ = done.send(Ok(()));
-        } else if let Err(std_mpsc::SendError(job)) = self.tx.send(Job { batch, done }) {
+        } else if let Err(std_mpsc::SendError(Msg::Job(job))) =
+            self.tx.send(Msg::Job(Job { batch, done }))
+        {
             let _ = job.done.send(Err("writer thread stopped".into()));
+        } else if urgent {
+            let _ = self.tx.send(Msg::Flush);
         }
-        Pending(rx)
+        Pending {
+            done: rx,
+            writer: self.tx.clone(),
+        }
     }
 }
 
@@ -213,23 +260,61 @@ fn load(conn: &Connection, path: &Path) -> Result<Loaded, StoreError> {
     })
 }
 
-fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Job>, path: PathBuf) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            jobs.push(more);
-        }
-        let result = commit(&mut conn, &jobs).map_err(|e| format!("{}: {e}", path.display()));
-        for job in jobs {
-            if result.is_ok() {
-                for (tx, msg) in job.batch.after_commit {
-                    // A closed session is fine: the agent re-registers and is
-                    // reconciled from the table.
-                    let _ = tx.send(msg);
+fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Msg>, path: PathBuf) {
+    let mut jobs: Vec<Job> = Vec::new();
+    // When the oldest queued job must be committed at the latest.
+    let mut due: Option<Instant> = None;
+    let mut open = true;
+    while open || !jobs.is_empty() {
+        let first = if !open {
+            None
+        } else if let Some(d) = due {
+            match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
+                Ok(m) => Some(m),
+                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    None
                 }
             }
-            let _ = job.done.send(result.clone());
+        } else {
+            rx.recv().map_err(|_| open = false).ok()
+        };
+        let mut now = !open;
+        for msg in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+        {
+            match msg {
+                Msg::Job(j) => {
+                    jobs.push(j);
+                    due.get_or_insert_with(|| Instant::now() + COMMIT_DELAY);
+                }
+                Msg::Flush => now = true,
+            }
         }
+        if jobs.is_empty() {
+            due = None;
+        } else if now || due.is_some_and(|d| d <= Instant::now()) {
+            commit_and_answer(&mut conn, std::mem::take(&mut jobs), &path);
+            due = None;
+        }
+    }
+}
+
+/// Commits `jobs` in one transaction, then sends their messages and answers
+/// their submitters, in submission order.
+fn commit_and_answer(conn: &mut Connection, jobs: Vec<Job>, path: &Path) {
+    let result = commit(conn, &jobs).map_err(|e| format!("{}: {e}", path.display()));
+    for job in jobs {
+        if result.is_ok() {
+            for (tx, msg) in job.batch.after_commit {
+                // A closed session is fine: the agent re-registers and is
+                // reconciled from the table.
+                let _ = tx.send(msg);
+            }
+        }
+        let _ = job.done.send(result.clone());
     }
 }
 
@@ -278,4 +363,56 @@ fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mpctl_proto::v1::AckExit;
+
+    fn ack(id: &str) -> CoordinatorMessage {
+        CoordinatorMessage {
+            msg: Some(coordinator_message::Msg::AckExit(AckExit {
+                process_id: id.into(),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_nobody_waits_for_is_committed_then_its_messages_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (store, _) = Store::open(&path).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let pending = store.submit(Batch {
+            ops: vec![Op::NextNumber(5)],
+            after_commit: vec![(tx, ack("p1"))],
+        });
+        pending.committed().await.unwrap();
+        let sent = rx.try_recv().expect("the ack is sent once committed");
+        assert_eq!(sent, ack("p1"));
+        drop(store);
+        let (_, loaded) = Store::open(&path).unwrap();
+        assert_eq!(loaded.next_number, 5);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_batch_commits_the_queued_ones_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(&dir.path().join("state.db")).unwrap();
+        let mut queued = store.submit(Batch {
+            ops: vec![Op::NextNumber(7)],
+            after_commit: Vec::new(),
+        });
+        store
+            .submit(Batch {
+                ops: vec![Op::NextNumber(8)],
+                after_commit: Vec::new(),
+            })
+            .durable()
+            .await
+            .unwrap();
+        // Answered in submission order, so the earlier batch is answered already.
+        assert_eq!(queued.done.try_recv(), Ok(Ok(())));
+    }
 }
