@@ -6,12 +6,17 @@
 //! thing before exiting, and the sample is t(join returned) − stamp.
 //! CPython: the target waits on an Event, puts `time.monotonic_ns()` into a
 //! shared Value and returns; the parent measures after `join()`.
+//!
+//! In the same blocks, the same child under a plain parent blocked in
+//! `waitpid` (the floor's `exit_wait`): the kernel's share (tearing the
+//! child down, waking its parent) that no manager can avoid. mpctl's own
+//! share is the difference of the two medians, round by round.
 
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 
-use crate::report::{Row, Samples};
+use crate::report::{median, Row, Samples, Side};
 use crate::{monotonic_ns, Ctx};
 
 const CASE: &str = "3 exit→join notification";
@@ -24,6 +29,8 @@ pub async fn round(ctx: &Ctx, r: usize, s: &mut Samples) -> Result<()> {
     for b in 0..BLOCKS {
         let v = block(ctx, r * BLOCKS + b, n).await?;
         s.add("mpctl/notify", r, v);
+        let v = tokio::task::spawn_blocking(move || crate::floor::exit_wait(n)).await??;
+        s.add("plain/notify", r, v);
         for m in ["fork", "forkserver"] {
             let v = ctx.py.run(&format!("notify:{m}"), n).await?;
             s.add(&format!("cpython/notify:{m}"), r, v);
@@ -67,12 +74,42 @@ async fn block(ctx: &Ctx, r: usize, n: usize) -> Result<Vec<f64>> {
 }
 
 pub fn rows(s: &Samples) -> Vec<Row> {
-    ["fork", "forkserver"]
+    let mut rows: Vec<Row> = ["fork", "forkserver"]
         .into_iter()
         .map(|m| {
             Row::new(CASE, format!("mpctl SDK join → dev vs CPython {m}"), "ms")
                 .ours(s.get("mpctl/notify"))
                 .cpython(s.get(&format!("cpython/notify:{m}")))
         })
-        .collect()
+        .collect();
+    rows.push(
+        Row::new(
+            CASE,
+            "the same child under a plain parent's waitpid (same blocks)",
+            "ms",
+        )
+        .ours(s.get("plain/notify")),
+    );
+    rows.push(
+        Row::new(
+            CASE,
+            "mpctl's share: join − plain parent, medians per round",
+            "ms",
+        )
+        .ours(share(s.get("mpctl/notify"), s.get("plain/notify"))),
+    );
+    rows
+}
+
+/// Per round, the median of `a` minus the median of `b`: one value each.
+fn share(a: Side, b: Side) -> Side {
+    match (a, b) {
+        (Side::Measured(a), Side::Measured(b)) => Side::Measured(
+            a.iter()
+                .zip(&b)
+                .map(|(x, y)| vec![median(x) - median(y)])
+                .collect(),
+        ),
+        (Side::Measured(_), other) | (other, _) => other,
+    }
 }
