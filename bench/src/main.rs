@@ -395,19 +395,28 @@ async fn bench_all(
     for r in 0..rounds {
         eprintln!("mpctl-bench: round {}/{rounds}", r + 1);
         if case(1) {
+            canary(&mut s, r).await?;
             startjoin::round(&ctx, r, &mut s).await?;
         }
         if case(2) {
+            canary(&mut s, r).await?;
             rate::round(&ctx, r, &mut s).await?;
         }
         if case(3) {
+            canary(&mut s, r).await?;
             notify::round(&ctx, r, &mut s).await?;
         }
         if case(4) {
+            canary(&mut s, r).await?;
             pool::round(&ctx, r, &mut s).await?;
         }
     }
-    let mut rows = Vec::new();
+    let mut rows = vec![Row::new(
+        "0 native floor",
+        "fixed CPU work (canary, before each case)",
+        "ms",
+    )
+    .ours(s.get("canary"))];
     if case(1) {
         rows.extend(startjoin::rows(&s));
     }
@@ -425,6 +434,31 @@ async fn bench_all(
         rows.extend(scale::run(&ctx).await?);
     }
     Ok(rows)
+}
+
+/// Times a fixed amount of CPU work (a xorshift loop: no memory traffic, no
+/// system calls) a few times. On a steady machine it takes the same time
+/// every round; its spread across rounds shows how much the machine itself
+/// (other tenants of the host) moved during the run.
+async fn canary(s: &mut Samples, round: usize) -> Result<()> {
+    let v = tokio::task::spawn_blocking(|| {
+        (0..5)
+            .map(|_| {
+                let t = Instant::now();
+                let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+                for _ in 0..2_000_000 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                }
+                std::hint::black_box(x);
+                ms(t)
+            })
+            .collect()
+    })
+    .await?;
+    s.add("canary", round, v);
+    Ok(())
 }
 
 /// `not available: <reason>` for a feature that is not built yet.

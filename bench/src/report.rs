@@ -189,7 +189,7 @@ pub fn table(machine: &[(&str, String)], rows: &[Row]) -> String {
         let (rm, rr) = if let Side::NotAvailable(why) = &r.ours {
             (String::new(), format!("not available: {why}"))
         } else if ratios.is_empty() {
-            (String::new(), String::new())
+            (String::new(), per_round(&r.ours))
         } else {
             (
                 num(median(&ratios)),
@@ -226,6 +226,21 @@ pub fn table(machine: &[(&str, String)], rows: &[Row]) -> String {
         let _ = writeln!(out, "{}", cells.join(" | ").trim_end());
     }
     out
+}
+
+/// A series measured over several rounds without a counterpart: its round
+/// medians, so drift within the run shows.
+fn per_round(s: &Side) -> String {
+    match s {
+        Side::Measured(r) if r.len() > 1 => format!(
+            "per round: {}",
+            r.iter()
+                .map(|x| num(median(x)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ),
+        _ => String::new(),
+    }
 }
 
 pub fn json(machine: &[(&str, String)], rows: &[Row]) -> Value {
