@@ -411,12 +411,20 @@ async fn bench_all(
             pool::round(&ctx, r, &mut s).await?;
         }
     }
-    let mut rows = vec![Row::new(
-        "0 native floor",
-        "fixed CPU work (canary, before each case)",
-        "ms",
-    )
-    .ours(s.get("canary"))];
+    let mut rows = vec![
+        Row::new(
+            "0 native floor",
+            "fixed CPU work (canary, before each case)",
+            "ms",
+        )
+        .ours(s.get("canary")),
+        Row::new(
+            "0 native floor",
+            "thread wake-up round trip (canary, before each case)",
+            "µs",
+        )
+        .ours(s.get("canary/wakeup")),
+    ];
     if case(1) {
         rows.extend(startjoin::rows(&s));
     }
@@ -458,7 +466,37 @@ async fn canary(s: &mut Samples, round: usize) -> Result<()> {
     })
     .await?;
     s.add("canary", round, v);
+    let v = tokio::task::spawn_blocking(wakeup_round_trips).await??;
+    s.add("canary/wakeup", round, v);
     Ok(())
+}
+
+/// The other thing mpctl's path is made of: wake-ups. Two threads bounce a
+/// byte over a socket pair 200 times; each sample is one round trip in µs
+/// (two wake-ups of a blocked thread).
+fn wakeup_round_trips() -> Result<Vec<f64>> {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    let (mut a, mut b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut byte = [0u8; 1];
+        while b.read(&mut byte)? == 1 {
+            b.write_all(&byte)?;
+        }
+        Ok(())
+    });
+    let mut v = Vec::with_capacity(200);
+    let mut byte = [0u8; 1];
+    for _ in 0..200 {
+        let t = Instant::now();
+        a.write_all(b"x")?;
+        a.read_exact(&mut byte)?;
+        v.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    drop(a);
+    echo.join()
+        .map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+    Ok(v)
 }
 
 /// `not available: <reason>` for a feature that is not built yet.
