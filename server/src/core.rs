@@ -311,6 +311,7 @@ impl Core {
             if !req.request_id.is_empty() {
                 t.by_request.insert(req.request_id.clone(), id.clone());
             }
+            t.index_child(&info);
             t.procs
                 .insert(id.clone(), ProcRecord { info, request: req });
             match decision {
@@ -994,10 +995,12 @@ fn dispatch_queue(t: &mut Table, fx: &mut Effects) {
 /// queued ones stop at once with -15.
 fn terminate_daemon_children(t: &mut Table, parent: &str, fx: &mut Effects) {
     let children: Vec<String> = t
-        .procs
-        .values()
-        .filter(|r| r.info.parent_id == parent && r.info.daemon && !is_settled(r.state()))
-        .map(|r| r.info.id.clone())
+        .daemon_children
+        .get(parent)
+        .into_iter()
+        .flatten()
+        .filter(|id| t.procs.get(*id).is_some_and(|r| !is_settled(r.state())))
+        .cloned()
         .collect();
     for id in children {
         let rec = t.procs.get_mut(&id).expect("listed above");

@@ -68,10 +68,25 @@ pub struct Table {
     pub pending_signals: HashMap<u64, PendingSignal>,
     /// How many children each process has started (CPython's `_counter`).
     pub children_started: HashMap<String, u32>,
+    /// The daemonic children of each process, so an exit finds the ones to
+    /// terminate without scanning the whole table.
+    pub daemon_children: HashMap<String, Vec<String>>,
     /// Ids of requests to agents (log reads, signals).
     pub next_request: u64,
     /// Pools with a driver in this coordinator (see `Core::set_pool_live`).
     pub live_pools: HashSet<String>,
+}
+
+impl Table {
+    /// Records `info` under its parent if it is a daemonic child.
+    pub fn index_child(&mut self, info: &ProcessInfo) {
+        if info.daemon && !info.parent_id.is_empty() {
+            self.daemon_children
+                .entry(info.parent_id.clone())
+                .or_default()
+                .push(info.id.clone());
+        }
+    }
 }
 
 /// Sentinel ready: the process will not change any more by itself.
@@ -99,6 +114,7 @@ impl Table {
             log_routes: HashMap::new(),
             pending_signals: HashMap::new(),
             children_started: HashMap::new(),
+            daemon_children: HashMap::new(),
             next_request: 1,
             live_pools: HashSet::new(),
         };
@@ -124,6 +140,7 @@ impl Table {
                     .entry(rec.info.parent_id.clone())
                     .or_default() += 1;
             }
+            table.index_child(&rec.info);
             if !rec.info.request_id.is_empty() {
                 table
                     .by_request
