@@ -377,7 +377,10 @@ mod tests {
             n += 1;
             assert!(n < 10_000, "never compacted");
         }
-        assert!(largest >= 9_800, "compacted at {largest} bytes, before 10,000");
+        assert!(
+            largest >= 9_800,
+            "compacted at {largest} bytes, before 10,000"
+        );
         drop(j);
         let (j, skipped) = Journal::open(dir.path()).unwrap();
         assert!(skipped.is_empty());
