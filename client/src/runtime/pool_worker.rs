@@ -60,6 +60,7 @@ pub fn serve(runtime: &Runtime, prep: Preparation) -> ! {
                 })),
             };
             let _ = sock.write_all(&worker_frame::encode(&frame));
+            wait_until_read(&sock);
             fail(format!(
                 "the initializer {} failed: {message}",
                 prep.function
@@ -174,4 +175,17 @@ fn run_items(runtime: &Runtime, task: &PoolTask) -> Result<Vec<u8>, String> {
     }
     out.push(b']');
     Ok(out)
+}
+
+/// Ends our side of the connection and waits (bounded) until the agent has
+/// closed its side: it has then read everything we wrote, so what we said
+/// reaches the coordinator before this process's exit does. Without this, an
+/// exit right after connecting could be reported before the agent had even
+/// read the hello, and an initializer's failure would look like a crash.
+fn wait_until_read(mut sock: &UnixStream) {
+    use std::io::Read;
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    let _ = sock.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut sink = [0u8; 4096];
+    while matches!(sock.read(&mut sink), Ok(n) if n > 0) {}
 }

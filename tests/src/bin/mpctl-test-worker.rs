@@ -50,7 +50,9 @@ fn set_flag() {
             .append(true)
             .open(path)
             .expect("preload log");
-        writeln!(f, "{}", std::process::id()).expect("preload log write");
+        // One write: concurrent appends from several processes stay whole lines.
+        f.write_all(format!("{}\n", std::process::id()).as_bytes())
+            .expect("preload log write");
     }
 }
 
@@ -65,7 +67,9 @@ fn pool_init(log: String) {
         .append(true)
         .open(log)
         .expect("init log");
-    writeln!(f, "{}", std::process::id()).expect("init log write");
+    // One write: concurrent appends from several processes stay whole lines.
+    f.write_all(format!("{}\n", std::process::id()).as_bytes())
+        .expect("init log write");
 }
 
 /// The first call (no `marker` file yet) creates the marker and dies by
