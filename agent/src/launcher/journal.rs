@@ -4,8 +4,8 @@
 //! An exit is reported to the agent first and journaled just after, off the
 //! notification path: its line is buffered and written with one `fdatasync`
 //! within [`SYNC_DELAY`] (one sync covers every exit of a burst), and always
-//! before its acknowledgement is applied. An acknowledgement that arrives
-//! sooner waits for that sync. So an exit code survives a crash of the
+//! before its acknowledgement is applied: an acknowledgement that arrives
+//! sooner syncs it first. So an exit code survives a crash of the
 //! launcher (the agent and then the coordinator hold it, and the journal
 //! has it within milliseconds), of the agent, or of the node. Ack lines need
 //! no sync: a lost one only makes the exit be reported twice, which the
@@ -60,8 +60,6 @@ pub struct Journal {
     exits_pending: bool,
     /// When `pending` must be on disk at the latest.
     due: Option<Instant>,
-    /// Acknowledgements of exits that were still pending; applied after the sync.
-    deferred_acks: Vec<String>,
     /// Bytes appended since the file was last compacted, and the limit.
     appended: u64,
     compact_after: u64,
@@ -108,7 +106,6 @@ impl Journal {
             pending: Vec::new(),
             exits_pending: false,
             due: None,
-            deferred_acks: Vec::new(),
             appended: 0,
             compact_after: COMPACT_AFTER,
         };
@@ -124,24 +121,20 @@ impl Journal {
         self.exits_pending = true;
     }
 
-    /// The exit of `id` was taken over by the agent. Applied once the exit
-    /// is on disk (at the next [`Journal::flush`] if it is still pending).
-    /// Acknowledging an unknown id is a no-op.
-    pub fn ack(&mut self, id: &str) {
+    /// The exit of `id` was taken over by the agent. The exits still
+    /// buffered are synced first (the coordinator's ack comes after its own
+    /// commit, so this is rarely needed and never on the exit's path); on a
+    /// write error the exit stays held. Acknowledging an unknown id is a no-op.
+    pub fn ack(&mut self, id: &str) -> Result<(), LauncherError> {
         if !self.unacked.contains_key(id) {
-            return;
+            return Ok(());
         }
         if self.exits_pending {
-            self.deferred_acks.push(id.to_owned());
-        } else {
-            self.apply_ack(id);
+            self.flush()?;
         }
-    }
-
-    fn apply_ack(&mut self, id: &str) {
-        if self.unacked.remove(id).is_some() {
-            self.buffer(&Entry::Ack(id.to_owned()));
-        }
+        self.unacked.remove(id);
+        self.buffer(&Entry::Ack(id.to_owned()));
+        Ok(())
     }
 
     /// When the buffered lines must be written ([`Journal::flush`]); `None`
@@ -150,22 +143,14 @@ impl Journal {
         self.due
     }
 
-    /// Writes the buffered lines, syncs them if an exit is among them, then
-    /// applies the acknowledgements that waited for that sync. On error the
-    /// lines stay buffered (and the exits in memory) for the next attempt.
+    /// Writes the buffered lines, and syncs them if an exit is among them.
+    /// On error the lines stay buffered (and the exits in memory) for the
+    /// next attempt.
     pub fn flush(&mut self) -> Result<(), LauncherError> {
-        // A second round writes the ack lines the first one released.
-        while !self.pending.is_empty() {
-            self.write_pending()?;
+        if self.pending.is_empty() {
+            self.due = None;
+            return Ok(());
         }
-        self.due = None;
-        if self.appended >= self.compact_after {
-            self.compact()?;
-        }
-        Ok(())
-    }
-
-    fn write_pending(&mut self) -> Result<(), LauncherError> {
         let sync = self.exits_pending;
         let written = self.file.write_all(&self.pending).and_then(|()| {
             if sync {
@@ -181,8 +166,9 @@ impl Journal {
         self.appended += self.pending.len() as u64;
         self.pending.clear();
         self.exits_pending = false;
-        for id in std::mem::take(&mut self.deferred_acks) {
-            self.apply_ack(&id);
+        self.due = None;
+        if self.appended >= self.compact_after {
+            self.compact()?;
         }
         Ok(())
     }
@@ -307,7 +293,7 @@ mod tests {
             j.record_exit(&rec("b", 1));
             j.record_exit(&rec("a", 2));
             j.record_exit(&rec("c", -9));
-            j.ack("a");
+            j.ack("a").unwrap();
         }
         let mut f = OpenOptions::new()
             .append(true)
@@ -328,7 +314,7 @@ mod tests {
     }
 
     #[test]
-    fn an_exit_is_on_disk_after_flush_and_its_ack_waits_for_it() {
+    fn an_exit_is_written_late_but_always_before_its_ack() {
         let dir = tempfile::tempdir().unwrap();
         let (mut j, _) = Journal::open(dir.path()).unwrap();
         assert_eq!(j.due(), None);
@@ -336,23 +322,19 @@ mod tests {
         let due = j.due().expect("an exit is due to be written");
         assert!(due <= Instant::now() + SYNC_DELAY);
         assert_eq!(on_disk(dir.path()), "", "buffered, not yet written");
-        // The ack arrives before the sync: it waits, and the exit stays held.
-        j.ack("a");
-        assert_eq!(j.all_unacked(), vec![rec("a", 3)]);
-        j.flush().unwrap();
+        assert_eq!(j.all_unacked(), vec![rec("a", 3)], "held in memory");
+        // The ack arrives before the deadline: the exit is synced first.
+        j.ack("a").unwrap();
         assert_eq!(j.all_unacked(), Vec::<ExitRecord>::new());
+        let text = on_disk(dir.path());
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.starts_with(r#"{"exit":{"id":"a","#), "{text}");
+        // The ack line itself is buffered (it needs no sync).
+        assert!(j.due().is_some());
+        j.flush().unwrap();
         assert_eq!(j.due(), None);
         let text = on_disk(dir.path());
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 2, "{text}");
-        assert!(lines[0].starts_with(r#"{"exit":{"id":"a","#), "{text}");
-        assert_eq!(lines[1], r#"{"ack":"a"}"#);
-        // An ack of an exit already on disk is buffered, not synced.
-        j.record_exit(&rec("b", 0));
-        j.flush().unwrap();
-        j.ack("b");
-        assert!(j.due().is_some());
-        assert_eq!(on_disk(dir.path()).lines().count(), 3);
+        assert_eq!(text.lines().nth(1), Some(r#"{"ack":"a"}"#), "{text}");
     }
 
     #[test]
@@ -367,7 +349,7 @@ mod tests {
             let id = format!("p{n}");
             j.record_exit(&rec(&id, 0));
             j.flush().unwrap();
-            j.ack(&id);
+            j.ack(&id).unwrap();
             j.flush().unwrap();
             let len = on_disk(dir.path()).len();
             if len < largest {

@@ -304,7 +304,11 @@ impl Server {
                 let delivered = self.signal(&id, signo, tree);
                 self.send(&FromLauncher::Signaled { id, delivered });
             }
-            ToLauncher::Ack { id } => self.journal.ack(&id),
+            ToLauncher::Ack { id } => {
+                if let Err(e) = self.journal.ack(&id) {
+                    log(format_args!("acknowledging {id}: {e}"));
+                }
+            }
         }
     }
 
