@@ -173,16 +173,14 @@ impl Journal {
         Ok(())
     }
 
-    /// Rewrites the file with only the unacknowledged exits (buffered ack
-    /// lines are then moot).
+    /// Rewrites the file with only the unacknowledged exits (called by
+    /// `flush`, so nothing is buffered).
     fn compact(&mut self) -> Result<(), LauncherError> {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         let file = compact(dir, &self.path, self.ordered().into_iter())
             .map_err(|e| self.error(format!("compact: {e}")))?;
         self.file = file;
         self.appended = 0;
-        self.pending.clear();
-        self.due = None;
         Ok(())
     }
 

@@ -699,8 +699,10 @@ impl Server {
     /// Writes the journal's buffered lines once they are due (and when the
     /// launcher stops).
     fn flush_journal(&mut self, force: bool) {
-        let due = self.journal.due().is_some_and(|d| d <= Instant::now());
-        if due || (force && self.journal.due().is_some()) {
+        let Some(due) = self.journal.due() else {
+            return;
+        };
+        if force || due <= Instant::now() {
             if let Err(e) = self.journal.flush() {
                 // The agent and the coordinator hold the exits; say so loudly.
                 log(format_args!("JOURNAL WRITE FAILED: {e}; retrying"));
