@@ -107,13 +107,16 @@ pub struct Store {
 /// A submitted batch; await it to know it is durable.
 pub struct Pending {
     done: oneshot::Receiver<Result<(), String>>,
-    writer: std_mpsc::Sender<Msg>,
+    /// Where to ask for a commit now; `None` when one is asked for already.
+    writer: Option<std_mpsc::Sender<Msg>>,
 }
 
 impl Pending {
     /// Commits the batch now (with whatever else is queued) and waits for it.
     pub async fn durable(self) -> Result<(), StoreError> {
-        let _ = self.writer.send(Msg::Flush);
+        if let Some(writer) = &self.writer {
+            let _ = writer.send(Msg::Flush);
+        }
         self.committed().await
     }
 
@@ -192,10 +195,14 @@ impl Store {
             let _ = job.done.send(Err("writer thread stopped".into()));
         } else if urgent {
             let _ = self.tx.send(Msg::Flush);
+            return Pending {
+                done: rx,
+                writer: None,
+            };
         }
         Pending {
             done: rx,
-            writer: self.tx.clone(),
+            writer: Some(self.tx.clone()),
         }
     }
 }
