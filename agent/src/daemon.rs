@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,6 @@ use tokio::sync::{mpsc, RwLock};
 
 use crate::config::AgentConfig;
 use crate::launcher::{ExitRecord, LauncherClient, LauncherError, LauncherEvent};
-use crate::logs;
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
 use crate::session::{self, Ctx};
@@ -98,7 +97,7 @@ pub async fn run(
     let (client, hello, events) =
         LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
     let state = Arc::new(NodeState::new());
-    state.adopt(&hello.running, exit_reports(&procs_dir, hello.exited).await);
+    state.adopt(&hello.running, exit_reports(hello.exited));
     let launcher = Launcher {
         inner: Arc::new(RwLock::new(client)),
     };
@@ -115,7 +114,6 @@ pub async fn run(
         launcher.clone(),
         launcher_dir,
         config.launcher_cmd.clone(),
-        procs_dir.clone(),
     ));
     let output_watcher = OutputWatcher::start().map_err(|source| AgentError::DataDir {
         path: procs_dir.clone(),
@@ -168,13 +166,12 @@ async fn watch_launcher(
     launcher: Launcher,
     dir: PathBuf,
     cmd: Vec<OsString>,
-    procs_dir: PathBuf,
 ) {
     loop {
         while let Some(event) = events.recv().await {
             match event {
                 LauncherEvent::Exited(e) => {
-                    let report = exit_report(&procs_dir, e).await;
+                    let report = exit_report(e);
                     match relay.drained(&report.process_id) {
                         // A pool worker's results go up before its exit.
                         Some(drained) => {
@@ -199,7 +196,7 @@ async fn watch_launcher(
             match LauncherClient::connect_or_start(&dir, &cmd).await {
                 Ok((client, hello, new_events)) => {
                     *launcher.inner.write().await = client;
-                    state.adopt(&hello.running, exit_reports(&procs_dir, hello.exited).await);
+                    state.adopt(&hello.running, exit_reports(hello.exited));
                     events = new_events;
                     break;
                 }
@@ -214,28 +211,21 @@ async fn watch_launcher(
 }
 
 /// An exit as the coordinator gets it: with the function target's result,
-/// which the launcher captured into the process's output directory.
-async fn exit_report(procs_dir: &Path, e: ExitRecord) -> Exited {
-    let path = logs::result_path(procs_dir, &e.id);
-    // A small local file: read in place rather than on the blocking pool,
-    // which would add a thread hand-off to every exit.
-    let result = match std::fs::read(&path) {
+/// which the launcher kept in memory and journaled with the exit.
+fn exit_report(mut e: ExitRecord) -> Exited {
+    let result = match e.result.take() {
         // Empty: the function did not return (a return writes at least `null`).
-        Ok(bytes) if bytes.is_empty() => None,
-        Ok(bytes) if bytes.len() <= MAX_RESULT => Some(bytes),
-        Ok(bytes) => {
-            tracing::warn!(process = %e.id, len = bytes.len(), "result over the limit; dropped");
+        Some(json) if json.is_empty() => None,
+        Some(json) if json.len() <= MAX_RESULT => Some(json.into_bytes()),
+        Some(json) => {
+            tracing::warn!(process = %e.id, len = json.len(), "result over the limit; dropped");
             None
         }
-        Err(_) => None,
+        None => None,
     };
     exited_message(&e, result)
 }
 
-async fn exit_reports(procs_dir: &Path, exits: Vec<ExitRecord>) -> Vec<Exited> {
-    let mut out = Vec::with_capacity(exits.len());
-    for e in exits {
-        out.push(exit_report(procs_dir, e).await);
-    }
-    out
+fn exit_reports(exits: Vec<ExitRecord>) -> Vec<Exited> {
+    exits.into_iter().map(exit_report).collect()
 }

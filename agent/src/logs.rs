@@ -25,11 +25,6 @@ pub fn output_paths(procs_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
     (dir.join("stdout"), dir.join("stderr"))
 }
 
-/// Where a function target's result is kept.
-pub fn result_path(procs_dir: &Path, id: &str) -> PathBuf {
-    procs_dir.join(id).join("result")
-}
-
 struct Source {
     stream: LogStream,
     path: PathBuf,
@@ -125,8 +120,9 @@ async fn serve_inner(
             return Ok(());
         }
         let Some(sub) = &subscription else {
-            // The directory exists once the launch was asked for; output
-            // written before the watch existed is read on the next round.
+            // The launcher creates the directory with the first output, so
+            // it may not exist yet; output written before the watch existed
+            // is read on the next round.
             let dir = procs_dir.join(id);
             tokio::fs::create_dir_all(&dir).await?;
             subscription = Some(watcher.subscribe(&dir)?);

@@ -342,7 +342,6 @@ fn target(config: &AgentConfig, relay: &PoolRelay, l: &Launch) -> Result<Target,
                     .join(crate::launcher::ADOPT_SOCKET_FILE)
                     .to_string_lossy()
                     .into_owned(),
-                procs_dir: config.data_dir.join("procs").to_string_lossy().into_owned(),
                 pool_socket,
                 pool_key,
                 pool_maxtasks,
@@ -397,12 +396,9 @@ async fn launch_inner(
             cwd.display()
         ));
     }
+    // The launcher creates the process's directory and files with its first
+    // output (launcher/output.rs).
     let (stdout_path, stderr_path) = logs::output_paths(procs_dir, &l.process_id);
-    if let Some(dir) = stdout_path.parent() {
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
-    }
     let spec = LaunchSpec {
         id: l.process_id.clone(),
         argv: target.argv,
@@ -417,7 +413,6 @@ async fn launch_inner(
         },
         bootstrap: target.bootstrap.map(|prep| Bootstrap {
             prep,
-            result_path: logs::result_path(procs_dir, &l.process_id),
             // One byte over the limit shows a result that was too large.
             result_limit: bootstrap::MAX_RESULT as u64 + 1,
         }),

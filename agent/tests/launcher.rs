@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mpctl_agent::launcher::{
-    truncation_marker, ExitRecord, Hello, LaunchError, LaunchSpec, LauncherClient, LauncherEvent,
-    LOCK_FILE, SOCKET_FILE,
+    truncation_marker, Bootstrap, ExitRecord, Hello, LaunchError, LaunchSpec, LauncherClient,
+    LauncherEvent, LOCK_FILE, SOCKET_FILE,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::timeout;
@@ -254,6 +254,27 @@ async fn exit_code_and_output_are_reported() {
 }
 
 #[tokio::test]
+async fn a_silent_process_leaves_no_output_files() {
+    let mut n = Node::start().await;
+    let mut spec = n.spec("quiet", &["/bin/true"]);
+    spec.stdout_path = n.path().join("quiet").join("stdout");
+    spec.stderr_path = n.path().join("quiet").join("stderr");
+    n.launch_spec(spec.clone()).await;
+    assert_eq!(n.exit_of("quiet").await.exitcode, 0);
+    assert!(!n.path().join("quiet").exists(), "created for no output");
+    // The first byte creates the directory and the file, and only that one.
+    spec.id = "loud".into();
+    spec.argv = vec!["/bin/sh".into(), "-c".into(), "echo out".into()];
+    spec.stdout_path = n.path().join("loud").join("stdout");
+    spec.stderr_path = n.path().join("loud").join("stderr");
+    n.launch_spec(spec).await;
+    assert_eq!(n.exit_of("loud").await.exitcode, 0);
+    assert_eq!(read(n.path().join("loud").join("stdout")), "out\n");
+    assert!(!n.path().join("loud").join("stderr").exists());
+    n.finish(&[]).await;
+}
+
+#[tokio::test]
 async fn signals_give_negative_exit_codes() {
     let mut n = Node::start().await;
     n.launch("term", &["/bin/sleep", "30"]).await;
@@ -304,7 +325,7 @@ async fn child_inherits_only_stdio_and_no_signal_state() {
         .await;
     assert_eq!(n.exit_of("fds").await.exitcode, 0);
     assert_eq!(read(n.path().join("fds.out")), "0\n1\n2\n");
-    assert_eq!(read(n.path().join("fds.err")), "");
+    assert!(!n.path().join("fds.err").exists(), "nothing went to stderr");
 
     // grep is the spawned process itself: its status shows what it inherited.
     n.launch(
@@ -375,6 +396,69 @@ async fn reconnect_reports_running_and_missed_exits() {
     assert_eq!(n.hello.exited, vec![]);
     assert_eq!(n.hello.running.len(), 1);
     n.finish(&["sleeper"]).await;
+}
+
+/// A function target as the launcher sees it: fd 3 holds the preparation,
+/// whatever goes to fd 4 is the result.
+fn function_like(n: &Node, id: &str, script: &str) -> LaunchSpec {
+    let mut spec = n.spec(id, &["/bin/sh", "-c", script]);
+    spec.bootstrap = Some(Bootstrap {
+        prep: "{}".into(),
+        result_limit: (1 << 20) + 1,
+    });
+    spec
+}
+
+#[tokio::test]
+async fn results_come_with_their_exits_even_past_one_frame() {
+    let mut n = Node::start().await;
+    // 800 kB of `"`, which JSON escapes to twice that in every frame.
+    let quotes = "head -c 800000 /dev/zero | tr '\\0' '\"' >&4";
+    let expected = "\"".repeat(800_000);
+    n.launch_spec(function_like(&n, "live", quotes)).await;
+    assert_eq!(n.exit_of("live").await.result.as_deref(), Some(&*expected));
+    n.launch_spec(function_like(&n, "silent", "exit 0")).await;
+    assert_eq!(n.exit_of("silent").await.result, None, "nothing written");
+    assert!(!n.path().join("live.out").exists() && !n.path().join("silent.out").exists());
+
+    // Four exit while no agent is connected: together they are too large
+    // for the Hello, so some follow it as exits of their own.
+    let mut pids = Vec::new();
+    for i in 0..4 {
+        let gate = n.path().join(format!("gate{i}"));
+        nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let script = format!("read x < {}; {quotes}", gate.display());
+        pids.push(
+            n.launch_spec(function_like(&n, &format!("r{i}"), &script))
+                .await,
+        );
+    }
+    n.disconnect();
+    for i in 0..4 {
+        tokio::fs::write(n.path().join(format!("gate{i}")), "go\n")
+            .await
+            .unwrap();
+    }
+    for pid in pids {
+        eventually("reaped", || !Path::new(&format!("/proc/{pid}")).exists()).await;
+    }
+    n.reconnect().await;
+    let in_hello = n.hello.exited.clone();
+    assert!(
+        !in_hello.is_empty() && in_hello.len() < 4,
+        "{} of 4 in the Hello",
+        in_hello.len()
+    );
+    for i in 0..4 {
+        let id = format!("r{i}");
+        let rec = match in_hello.iter().find(|r| r.id == id) {
+            Some(rec) => rec.clone(),
+            None => n.exit_of(&id).await,
+        };
+        assert_eq!(rec.exitcode, 0);
+        assert_eq!(rec.result.as_deref(), Some(&*expected), "{id}");
+    }
+    n.finish(&[]).await;
 }
 
 #[tokio::test]

@@ -350,7 +350,6 @@ impl Process {
             .into(),
             authkey: key.expose_hex(),
             adopt_socket: String::new(),
-            procs_dir: String::new(),
             pool_socket: String::new(),
             pool_key: String::new(),
             pool_maxtasks: 0,

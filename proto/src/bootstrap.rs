@@ -48,9 +48,6 @@ pub struct Preparation {
     /// The node launcher's adoption socket, for the fork start method.
     #[serde(default)]
     pub adopt_socket: String,
-    /// Where the node keeps process output (`<procs_dir>/<id>/...`).
-    #[serde(default)]
-    pub procs_dir: String,
     /// Set for a pool worker: the agent's pool socket ([`crate::worker_frame`])
     /// and the key the worker presents on it. `function` and `args` are then
     /// the pool's initializer (possibly empty) and its arguments.
@@ -122,11 +119,7 @@ pub enum FromForkserver {
 pub enum ToAdopt {
     /// "I forked `pid` for process `id`": carries by SCM_RIGHTS the child's
     /// pidfd and the read end of its result pipe, in that order.
-    Adopt {
-        id: String,
-        pid: i32,
-        result_path: String,
-    },
+    Adopt { id: String, pid: i32 },
     /// The forking parent reaped its child (while it lives, the parent is the
     /// child's real parent; after it dies the launcher, a subreaper, is).
     Exited { pid: i32, exitcode: i32 },

@@ -8,6 +8,8 @@ use std::time::Duration;
 use mpctl::{Process, ProcessState};
 use mpctl_tests::{fifo, release, TestCluster};
 
+const WORKER: &str = env!("CARGO_BIN_EXE_mpctl-test-worker");
+
 #[tokio::test(flavor = "multi_thread")]
 async fn coordinator_sigkill_and_restart() {
     let mut tc = TestCluster::with_agent(4);
@@ -87,6 +89,39 @@ async fn terminate_is_sent_before_it_returns() {
     tc.start_agent("node-a", 2, &[]);
     p.join(Some(Duration::from_secs(20))).await.unwrap();
     assert_eq!(p.exitcode(), Some(-15));
+}
+
+/// A result travels and is journaled with its exit: functions that return
+/// while the agent is down come back whole after it restarts, even when
+/// their results together are too large for one message from the launcher.
+#[tokio::test(flavor = "multi_thread")]
+async fn results_returned_while_the_agent_is_down_come_back_whole() {
+    let mut tc = TestCluster::with_agent(8);
+    let c = tc.client().await;
+    // 200,000 × `"\` is 800 kB of JSON, just under the 1 MiB result limit.
+    let sizes = [200_000, 199_999, 150_000, 1];
+    let mut ps = Vec::new();
+    for (i, n) in sizes.iter().enumerate() {
+        let gate = fifo(tc.path(), &format!("result-gate{i}"));
+        let args = (gate.display().to_string(), *n);
+        let mut p = Process::function(&c, "gate_then_return", &args)
+            .unwrap()
+            .program(WORKER);
+        p.start().await.unwrap();
+        ps.push((p, gate));
+    }
+    tc.kill_agent("node-a");
+    for (_, gate) in &ps {
+        release(gate);
+    }
+    tc.start_agent("node-a", 8, &[]);
+    for ((p, _), n) in ps.iter_mut().zip(sizes) {
+        p.join(Some(Duration::from_secs(20))).await.unwrap();
+        assert_eq!(p.exitcode(), Some(0));
+        let got: String = p.result().expect("a result").unwrap();
+        assert_eq!(got.len(), 2 * n);
+        assert_eq!(got, "\"\\".repeat(n));
+    }
 }
 
 /// DESIGN §6: managed processes do not depend on the agent daemon. 50 run;

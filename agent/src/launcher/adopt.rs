@@ -31,7 +31,6 @@ pub enum Incoming {
     Adopt {
         id: String,
         pid: i32,
-        result_path: String,
         fds: Vec<OwnedFd>,
     },
     Exited {
@@ -126,16 +125,7 @@ pub fn receive(conn: &OwnedFd) -> Option<Vec<Incoming>> {
             return if out.is_empty() { None } else { Some(out) };
         }
         match serde_json::from_slice::<ToAdopt>(&buf[..len]) {
-            Ok(ToAdopt::Adopt {
-                id,
-                pid,
-                result_path,
-            }) => out.push(Incoming::Adopt {
-                id,
-                pid,
-                result_path,
-                fds,
-            }),
+            Ok(ToAdopt::Adopt { id, pid }) => out.push(Incoming::Adopt { id, pid, fds }),
             Ok(ToAdopt::Exited { pid, exitcode }) => out.push(Incoming::Exited { pid, exitcode }),
             Err(_) => return None,
         }

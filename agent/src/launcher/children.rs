@@ -12,7 +12,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use super::output::{create_log_file, OutPipe};
+use super::output::OutPipe;
 use super::protocol::{Bootstrap, LaunchSpec};
 use super::{log, sys};
 
@@ -37,7 +37,6 @@ struct BootstrapPipes {
     child_prep: OwnedFd,
     child_result: OwnedFd,
     result_read: OwnedFd,
-    result_file: std::fs::File,
 }
 
 fn bootstrap_pipes(b: &Bootstrap) -> Result<BootstrapPipes, String> {
@@ -64,25 +63,11 @@ fn bootstrap_pipes(b: &Bootstrap) -> Result<BootstrapPipes, String> {
     drop(prep_write);
     let (result_read, result_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io("pipe", e))?;
-    let result_file = create_log_file(&b.result_path)
-        .map_err(|e| format!("result file {}: {e}", b.result_path.display()))?;
     Ok(BootstrapPipes {
         child_prep: sys::dup_above(prep_read.as_fd()).map_err(|e| format!("dup: {e}"))?,
         child_result: sys::dup_above(result_write.as_fd()).map_err(|e| format!("dup: {e}"))?,
         result_read,
-        result_file,
     })
-}
-
-/// The stdout and stderr files of `spec`'s process (created 0600, truncated).
-fn output_files(spec: &LaunchSpec) -> Result<(std::fs::File, std::fs::File), String> {
-    let open = |path: &std::path::Path, what: &str| {
-        create_log_file(path).map_err(|e| format!("{what} file {}: {e}", path.display()))
-    };
-    Ok((
-        open(&spec.stdout_path, "stdout")?,
-        open(&spec.stderr_path, "stderr")?,
-    ))
 }
 
 /// Starts the process described by `spec`. The error is the OS reason
@@ -92,8 +77,6 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
         .argv
         .split_first()
         .ok_or_else(|| "empty argv".to_owned())?;
-    let (out_file, err_file) = output_files(spec)?;
-
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -129,37 +112,21 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
         }
     };
     let pipes = match (child.stdout.take(), child.stderr.take()) {
-        (Some(out), Some(err)) => OutPipe::new(
-            out.into(),
-            out_file,
-            &spec.stdout_path,
-            spec.log_limit_bytes,
-        )
-        .and_then(|o| {
-            OutPipe::new(
-                err.into(),
-                err_file,
-                &spec.stderr_path,
-                spec.log_limit_bytes,
-            )
-            .map(|e| (o, e))
-        })
-        .map_err(|e| format!("output pipes: {e}")),
+        (Some(out), Some(err)) => OutPipe::new(out.into(), &spec.stdout_path, spec.log_limit_bytes)
+            .and_then(|o| {
+                OutPipe::new(err.into(), &spec.stderr_path, spec.log_limit_bytes).map(|e| (o, e))
+            })
+            .map_err(|e| format!("output pipes: {e}")),
         // Cannot happen with Stdio::piped(); stay robust anyway.
         _ => Err("spawned without output pipes".to_owned()),
     };
     let pipes = pipes.and_then(|(o, e)| match (bootstrap, &spec.bootstrap) {
-        (Some(b), Some(spec)) => {
+        (Some(b), Some(boot)) => {
             // The child has its copies now; the launcher keeps only the read end.
             drop((b.child_prep, b.child_result));
-            OutPipe::new(
-                b.result_read,
-                b.result_file,
-                &spec.result_path,
-                spec.result_limit,
-            )
-            .map(|r| (o, e, Some(r)))
-            .map_err(|e| format!("result pipe: {e}"))
+            OutPipe::in_memory(b.result_read, &result_name(&spec.id), boot.result_limit)
+                .map(|r| (o, e, Some(r)))
+                .map_err(|e| format!("result pipe: {e}"))
         }
         _ => Ok((o, e, None)),
     });
@@ -181,6 +148,11 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
     })
 }
 
+/// How a result pipe is named in log lines.
+pub fn result_name(id: &str) -> String {
+    format!("the result of {id}")
+}
+
 /// For a start through a forkserver: the four descriptors its child gets
 /// (stdout and stderr write ends, the preparation pipe's read end, the result
 /// pipe's write end) and the launcher's ends of its output and result pipes.
@@ -190,23 +162,17 @@ pub fn forkserver_child(spec: &LaunchSpec) -> Result<([OwnedFd; 4], Vec<OutPipe>
         .bootstrap
         .as_ref()
         .ok_or_else(|| "only function targets start through a forkserver".to_owned())?;
-    let (out_file, err_file) = output_files(spec)?;
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
     let (out_read, out_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
     let boot = bootstrap_pipes(b)?;
     let pipes = vec![
-        OutPipe::new(out_read, out_file, &spec.stdout_path, spec.log_limit_bytes)
+        OutPipe::new(out_read, &spec.stdout_path, spec.log_limit_bytes)
             .map_err(|e| format!("output pipes: {e}"))?,
-        OutPipe::new(err_read, err_file, &spec.stderr_path, spec.log_limit_bytes)
+        OutPipe::new(err_read, &spec.stderr_path, spec.log_limit_bytes)
             .map_err(|e| format!("output pipes: {e}"))?,
-        OutPipe::new(
-            boot.result_read,
-            boot.result_file,
-            &b.result_path,
-            b.result_limit,
-        )
-        .map_err(|e| format!("result pipe: {e}"))?,
+        OutPipe::in_memory(boot.result_read, &result_name(&spec.id), b.result_limit)
+            .map_err(|e| format!("result pipe: {e}"))?,
     ];
     Ok((
         [out_write, err_write, boot.child_prep, boot.child_result],

@@ -279,6 +279,15 @@ mod tests {
             pid: 42,
             exitcode: code,
             at_unix_ms: 1,
+            result: None,
+        }
+    }
+
+    /// An exit with a function target's result, quotes and newlines included.
+    fn with_result(id: &str) -> ExitRecord {
+        ExitRecord {
+            result: Some("{\"ok\": [1, \"two\\n\"]}".into()),
+            ..rec(id, 0)
         }
     }
 
@@ -291,6 +300,7 @@ mod tests {
             j.record_exit(&rec("b", 1));
             j.record_exit(&rec("a", 2));
             j.record_exit(&rec("c", -9));
+            j.record_exit(&with_result("r"));
             j.ack("a").unwrap();
         }
         let mut f = OpenOptions::new()
@@ -301,9 +311,12 @@ mod tests {
         drop(f);
         let (j, skipped) = Journal::open(dir.path()).unwrap();
         assert_eq!(skipped.len(), 1, "{skipped:?}");
-        assert_eq!(j.all_unacked(), vec![rec("b", 1), rec("c", -9)]);
+        assert_eq!(
+            j.all_unacked(),
+            vec![rec("b", 1), rec("c", -9), with_result("r")]
+        );
         let text = fs::read_to_string(dir.path().join(JOURNAL_FILE)).unwrap();
-        assert_eq!(text.lines().count(), 2, "compacted: {text}");
+        assert_eq!(text.lines().count(), 3, "compacted: {text}");
         assert!(text.starts_with(r#"{"exit":{"id":"b","#));
     }
 

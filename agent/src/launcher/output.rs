@@ -1,8 +1,18 @@
-//! Copying a child's stdout or stderr pipe into its size-capped file.
+//! Copying a child's stdout or stderr pipe into its size-capped file, and a
+//! function target's result pipe into memory.
 //!
 //! The pipe is non-blocking and drained whenever it is readable. Up to the
 //! cap, bytes go to the file; past it one marker line is written and the rest
 //! is read and discarded, so the child never blocks on a full pipe.
+//!
+//! The file (and its process's directory) is created with the first byte, so
+//! a silent process leaves nothing on disk and its launch creates no inode.
+//! Creating one is the costliest file-system step of a launch: without a
+//! journal, ext4 steps one by one over every inode freed in the last minutes,
+//! so on a node that has just removed many files (a finished job's
+//! directory) one creation took 0.2 ms or more here. Readers treat a missing
+//! file as empty output. For the same reason a result never touches the disk
+//! here: it is kept in memory and travels, and is journaled, with its exit.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -22,9 +32,11 @@ pub fn truncation_marker(limit: u64) -> String {
     format!("\n[mpctl: output truncated at {limit} bytes]\n")
 }
 
-/// Creates (0600) and truncates an output file. Called before the spawn, so
-/// an unwritable path is a launch failure.
-pub fn create_log_file(path: &Path) -> io::Result<File> {
+/// Creates (0600) and truncates an output file, and its directory if needed.
+fn create_log_file(path: &Path) -> io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     OpenOptions::new()
         .write(true)
         .create(true)
@@ -40,11 +52,24 @@ pub enum PipeState {
     Eof,
 }
 
+/// Where a pipe's bytes go.
+#[derive(Debug)]
+enum Sink {
+    /// A file that nothing has been written to yet: it does not exist.
+    NotCreated,
+    Open(File),
+    /// A result, held until its process's exit is reported.
+    Memory(Vec<u8>),
+    /// Failed (logged once) or no longer wanted: the rest is read and dropped.
+    Discard,
+}
+
 /// One pipe from a child and the file it is copied into.
 #[derive(Debug)]
 pub struct OutPipe {
     src: File,
-    dst: Option<File>,
+    dst: Sink,
+    /// The file, or what the bytes are (for a memory pipe), for log lines.
     path: PathBuf,
     limit: u64,
     written: u64,
@@ -52,18 +77,39 @@ pub struct OutPipe {
 }
 
 impl OutPipe {
-    /// Makes `src` non-blocking and pairs it with `dst`.
-    pub fn new(src: OwnedFd, dst: File, path: &Path, limit: u64) -> io::Result<OutPipe> {
+    /// Makes `src` non-blocking and pairs it with the file at `path`, which
+    /// is created when the first byte arrives.
+    pub fn new(src: OwnedFd, path: &Path, limit: u64) -> io::Result<OutPipe> {
         let flags = OFlag::from_bits_truncate(fcntl(&src, FcntlArg::F_GETFL)?);
         fcntl(&src, FcntlArg::F_SETFL(flags | OFlag::O_NONBLOCK))?;
         Ok(OutPipe {
             src: File::from(src),
-            dst: Some(dst),
+            dst: Sink::NotCreated,
             path: path.to_path_buf(),
             limit,
             written: 0,
             truncated: false,
         })
+    }
+
+    /// Like [`OutPipe::new`], but the bytes are kept in memory until
+    /// [`OutPipe::take_memory`]; `what` names them in log lines.
+    pub fn in_memory(src: OwnedFd, what: &str, limit: u64) -> io::Result<OutPipe> {
+        let mut pipe = OutPipe::new(src, Path::new(what), limit)?;
+        pipe.dst = Sink::Memory(Vec::new());
+        Ok(pipe)
+    }
+
+    /// A memory pipe's bytes so far; what arrives afterwards is dropped.
+    /// `None` for a file pipe, or when they were already taken.
+    pub fn take_memory(&mut self) -> Option<Vec<u8>> {
+        match std::mem::replace(&mut self.dst, Sink::Discard) {
+            Sink::Memory(bytes) => Some(bytes),
+            other => {
+                self.dst = other;
+                None
+            }
+        }
     }
 
     /// The pipe's descriptor, for polling.
@@ -112,15 +158,31 @@ impl OutPipe {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        let Some(dst) = self.dst.as_mut() else {
-            return;
-        };
-        if let Err(e) = dst.write_all(bytes) {
-            log(format_args!(
-                "writing output to {}: {e}; discarding the rest",
-                self.path.display()
-            ));
-            self.dst = None;
+        if let Sink::NotCreated = self.dst {
+            self.dst = match create_log_file(&self.path) {
+                Ok(f) => Sink::Open(f),
+                Err(e) => {
+                    log(format_args!(
+                        "creating {}: {e}; discarding this output",
+                        self.path.display()
+                    ));
+                    Sink::Discard
+                }
+            };
+        }
+        match &mut self.dst {
+            Sink::Open(dst) => {
+                if let Err(e) = dst.write_all(bytes) {
+                    log(format_args!(
+                        "writing output to {}: {e}; discarding the rest",
+                        self.path.display()
+                    ));
+                    self.dst = Sink::Discard;
+                }
+            }
+            // Bounded: `store` passes at most `limit` bytes and one marker.
+            Sink::Memory(held) => held.extend_from_slice(bytes),
+            Sink::NotCreated | Sink::Discard => {}
         }
     }
 }

@@ -11,8 +11,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::error::ProtocolError;
 
-/// Largest accepted frame body, in bytes.
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest accepted frame body, in bytes: an [`ExitRecord`] carries a result
+/// of up to `MAX_RESULT` (1 MiB), which JSON escaping at most triples.
+pub const MAX_FRAME: usize = 8 << 20;
 
 /// What to start: the complete description of one managed process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,9 +27,11 @@ pub struct LaunchSpec {
     pub env: Vec<(String, String)>,
     /// Working directory; the launcher's own when `None`.
     pub cwd: Option<PathBuf>,
-    /// File receiving the child's stdout (created 0600, truncated).
+    /// File receiving the child's stdout (created 0600 with the first byte;
+    /// a silent child leaves none).
     pub stdout_path: PathBuf,
-    /// File receiving the child's stderr (created 0600, truncated).
+    /// File receiving the child's stderr (created 0600 with the first byte;
+    /// a silent child leaves none).
     pub stderr_path: PathBuf,
     /// Cap on the bytes kept in each of the two files.
     pub log_limit_bytes: u64,
@@ -49,12 +52,11 @@ pub struct LaunchSpec {
 
 /// What a function target's child gets besides stdio: fd 3 reads the
 /// preparation data (a pipe holding exactly `prep`, then EOF), fd 4 writes
-/// the result, which the launcher keeps in `result_path` (at most
-/// `result_limit` bytes).
+/// the result, which the launcher keeps in memory (at most `result_limit`
+/// bytes) and reports with the exit.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bootstrap {
     pub prep: String,
-    pub result_path: PathBuf,
     pub result_limit: u64,
 }
 
@@ -66,6 +68,10 @@ pub struct ExitRecord {
     /// CPython's rule: the exit status, or `-N` when killed by signal `N`.
     pub exitcode: i32,
     pub at_unix_ms: i64,
+    /// A function target's result as its child wrote it (JSON): absent when
+    /// nothing was written (the function did not return) or for a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
 }
 
 /// A managed process that is still running.
@@ -79,7 +85,8 @@ pub struct RunningRecord {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub running: Vec<RunningRecord>,
-    /// Exits not yet acknowledged, oldest first.
+    /// Exits not yet acknowledged, oldest first. Those that would make the
+    /// frame too large follow the Hello as [`FromLauncher::Exited`].
     pub exited: Vec<ExitRecord>,
 }
 

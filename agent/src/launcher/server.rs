@@ -21,7 +21,7 @@ use super::forkservers::{self, Forkservers, PendingStart};
 use super::journal::Journal;
 use super::output::{OutPipe, PipeState};
 use super::protocol::{
-    ExitRecord, FromLauncher, Hello, LaunchSpec, Launched, RunningRecord, ToLauncher,
+    ExitRecord, FromLauncher, Hello, LaunchSpec, Launched, RunningRecord, ToLauncher, MAX_FRAME,
 };
 use super::setup::{self, SOCKET_FILE};
 use super::{log, sys};
@@ -67,6 +67,7 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         running: BTreeMap::new(),
         by_pid: HashMap::new(),
         pipes: HashMap::new(),
+        results: HashMap::new(),
         next_pipe: 0,
         forkservers: Forkservers::default(),
         adoption,
@@ -112,6 +113,8 @@ struct Server {
     by_pid: HashMap<i32, String>,
     /// Output pipes of running and exited children, until EOF.
     pipes: HashMap<u64, OutPipe>,
+    /// Results whose pipe ended before their process did, by pipe key.
+    results: HashMap<u64, Vec<u8>>,
     next_pipe: u64,
     forkservers: Forkservers,
     adoption: Adoption,
@@ -235,8 +238,11 @@ impl Server {
                         Ok(conn) => {
                             self.conn = Some(conn);
                             self.seen_agent = true;
-                            let hello = self.hello();
+                            let (hello, rest) = self.hello();
                             self.send(&FromLauncher::Hello(hello));
+                            for rec in rest {
+                                self.send(&FromLauncher::Exited(rec));
+                            }
                         }
                         Err(e) => log(format_args!("setting up agent connection: {e}")),
                     }
@@ -251,8 +257,20 @@ impl Server {
         }
     }
 
-    fn hello(&self) -> Hello {
-        Hello {
+    /// The Hello, and the exits that do not fit in its frame (results make
+    /// exits large), to be sent after it.
+    fn hello(&self) -> (Hello, Vec<ExitRecord>) {
+        let mut exited = self.journal.all_unacked();
+        let mut size = 0;
+        let fit = exited
+            .iter()
+            .take_while(|rec| {
+                size += 3 * rec.result.as_ref().map_or(0, String::len) + 256;
+                size <= MAX_FRAME / 2
+            })
+            .count();
+        let rest = exited.split_off(fit);
+        let hello = Hello {
             running: self
                 .running
                 .iter()
@@ -261,8 +279,9 @@ impl Server {
                     pid: r.pid,
                 })
                 .collect(),
-            exited: self.journal.all_unacked(),
-        }
+            exited,
+        };
+        (hello, rest)
     }
 
     /// Sends to the agent if one is connected; a failed send drops it.
@@ -498,13 +517,8 @@ impl Server {
         };
         for m in messages {
             match m {
-                Incoming::Adopt {
-                    id,
-                    pid,
-                    result_path,
-                    fds,
-                } => {
-                    let answer = match self.adopt(&id, pid, &result_path, fds) {
+                Incoming::Adopt { id, pid, fds } => {
+                    let answer = match self.adopt(&id, pid, fds) {
                         Ok(()) => FromAdopt::Adopted,
                         Err(error) => {
                             log(format_args!("adopting {id} (pid {pid}) refused: {error}"));
@@ -523,27 +537,16 @@ impl Server {
     /// Tracks a child forked by a managed process: its pidfd for signals,
     /// its result pipe like any other, its exit from its parent's report or
     /// from our own reaping once it is an orphan.
-    fn adopt(
-        &mut self,
-        id: &str,
-        pid: i32,
-        result_path: &str,
-        fds: Vec<OwnedFd>,
-    ) -> Result<(), String> {
+    fn adopt(&mut self, id: &str, pid: i32, fds: Vec<OwnedFd>) -> Result<(), String> {
         let [pidfd, result]: [OwnedFd; 2] = fds
             .try_into()
             .map_err(|_| "an adoption carries exactly a pidfd and a result pipe".to_owned())?;
         if self.running.contains_key(id) || self.by_pid.contains_key(&pid) {
             return Err(format!("{id} (pid {pid}) is already tracked"));
         }
-        let path = PathBuf::from(result_path);
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        }
-        let file =
-            super::output::create_log_file(&path).map_err(|e| format!("{result_path}: {e}"))?;
         let limit = mpctl_proto::bootstrap::MAX_RESULT as u64 + 1;
-        let pipe = OutPipe::new(result, file, &path, limit).map_err(|e| e.to_string())?;
+        let pipe = OutPipe::in_memory(result, &children::result_name(id), limit)
+            .map_err(|e| e.to_string())?;
         let started_ms = now_ms();
         let pipes = vec![self.add_pipe(pipe)];
         self.running.insert(
@@ -596,9 +599,32 @@ impl Server {
     fn pump(&mut self, key: u64, max: usize) {
         if let Some(pipe) = self.pipes.get_mut(&key) {
             if pipe.pump(max) == PipeState::Eof {
+                if let Some(result) = pipe.take_memory() {
+                    self.results.insert(key, result);
+                }
                 self.pipes.remove(&key);
             }
         }
+    }
+
+    /// The result among `pipes` (a function target has one): what its pipe
+    /// held when it ended, or holds now (later bytes are dropped); `None`
+    /// when nothing was written.
+    fn take_result(&mut self, pipes: &[u64]) -> Option<String> {
+        let bytes = pipes
+            .iter()
+            .find_map(|key| {
+                self.results
+                    .remove(key)
+                    .or_else(|| self.pipes.get_mut(key).and_then(OutPipe::take_memory))
+            })
+            .filter(|bytes| !bytes.is_empty())?;
+        // A result is JSON, so UTF-8; anything else is kept recognisable
+        // (and fails to decode at the caller, as it would have anyway).
+        Some(
+            String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        )
     }
 
     fn on_signals(&mut self) {
@@ -674,14 +700,16 @@ impl Server {
         // Everything the child wrote before exiting goes in its files
         // before its exit is reported; pipes still held open by
         // descendants keep being drained afterwards.
-        for key in r.pipes {
+        for &key in &r.pipes {
             self.pump(key, FINAL_DRAIN);
         }
+        let result = self.take_result(&r.pipes);
         self.exited(ExitRecord {
             id,
             pid,
             exitcode: code,
             at_unix_ms: now_ms(),
+            result,
         });
     }
 

@@ -14,7 +14,7 @@ use std::panic::{self, AssertUnwindSafe};
 
 use mpctl_proto::bootstrap::{Preparation, MAX_RESULT, PREP_FD, RESULT_FD, VERSION};
 
-use super::{set_current, sys as fds, CurrentProcess, Runtime, AUTHKEY, FORKED, NODE_PATHS};
+use super::{set_current, sys as fds, CurrentProcess, Runtime, ADOPT_SOCKET, AUTHKEY, FORKED};
 
 pub fn flush_stdio() {
     let _ = std::io::stdout().flush();
@@ -111,7 +111,7 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
         let _ = AUTHKEY.set(key);
     }
     if !prep.adopt_socket.is_empty() {
-        let _ = NODE_PATHS.set((prep.adopt_socket.clone(), prep.procs_dir.clone()));
+        let _ = ADOPT_SOCKET.set(prep.adopt_socket.clone());
     }
     if !prep.pool_socket.is_empty() {
         drop(result_pipe);

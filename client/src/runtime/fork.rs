@@ -18,7 +18,7 @@ use nix::sys::socket::{
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::ForkResult;
 
-use super::{bootstrap, sys, NODE_PATHS, RUNTIME};
+use super::{bootstrap, sys, ADOPT_SOCKET, RUNTIME};
 
 /// Why a fork cannot happen here, for the caller's error.
 pub const NOT_ON_A_NODE: &str = "start method fork needs the parent on the target node (the child is a copy of its parent): this program is not a managed process on a node; use spawn or forkserver";
@@ -29,8 +29,7 @@ pub fn start(prep: Preparation, limits: (u64, u64)) -> Result<i32, String> {
     let runtime = RUNTIME
         .get()
         .ok_or("fork runs a registered function: call Runtime::init() first in main")?;
-    let (adopt_socket, procs_dir) = NODE_PATHS.get().ok_or(NOT_ON_A_NODE)?;
-    let result_path = Path::new(procs_dir).join(&prep.id).join("result");
+    let adopt_socket = ADOPT_SOCKET.get().ok_or(NOT_ON_A_NODE)?;
     let sock = connect_adoption(Path::new(adopt_socket))
         .map_err(|e| format!("cannot reach the node's launcher at {adopt_socket}: {e}"))?;
     let (result_read, result_write) =
@@ -44,7 +43,7 @@ pub fn start(prep: Preparation, limits: (u64, u64)) -> Result<i32, String> {
         ForkResult::Parent { child } => {
             drop(result_write);
             let pid = child.as_raw();
-            match adopt(&sock, &prep.id, pid, &result_path, result_read) {
+            match adopt(&sock, &prep.id, pid, result_read) {
                 Ok(()) => {
                     // The parent is the child's real parent: reap it and report.
                     std::thread::Builder::new()
@@ -74,18 +73,11 @@ fn connect_adoption(path: &Path) -> io::Result<OwnedFd> {
     Ok(sock)
 }
 
-fn adopt(
-    sock: &OwnedFd,
-    id: &str,
-    pid: i32,
-    result_path: &Path,
-    result_read: OwnedFd,
-) -> Result<(), String> {
+fn adopt(sock: &OwnedFd, id: &str, pid: i32, result_read: OwnedFd) -> Result<(), String> {
     let pidfd = sys::pidfd_open(pid).map_err(|e| format!("pidfd_open: {e}"))?;
     let body = serde_json::to_vec(&ToAdopt::Adopt {
         id: id.to_owned(),
         pid,
-        result_path: result_path.to_string_lossy().into_owned(),
     })
     .map_err(|e| e.to_string())?;
     let fds = [pidfd.as_raw_fd(), result_read.as_raw_fd()];

@@ -62,8 +62,8 @@ pub struct CurrentProcess {
 static CURRENT: Mutex<Option<CurrentProcess>> = Mutex::new(None);
 /// The registry, kept by `init` so a forked child can run a function of it.
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-/// The node's adoption socket and output directory (for fork).
-static NODE_PATHS: OnceLock<(String, String)> = OnceLock::new();
+/// The node launcher's adoption socket (for fork).
+static ADOPT_SOCKET: OnceLock<String> = OnceLock::new();
 /// Set in a forked child: it leaves with `_exit`, not running the
 /// parent's exit handlers (as CPython's `os._exit` in fork children).
 static FORKED: AtomicBool = AtomicBool::new(false);

@@ -229,6 +229,13 @@ fn gate_then_exit((gate, code): (String, i32)) {
     runtime::exit(code)
 }
 
+/// Waits for the gate, then returns `n` copies of `"\`: a result whose
+/// JSON needs escaping at every character, twice over on the way out.
+fn gate_then_return((gate, n): (String, usize)) -> String {
+    let _ = std::fs::read(gate);
+    "\"\\".repeat(n)
+}
+
 /// Forks a sleeping child, terminates (or kills) it, and reports its exit
 /// code.
 fn fork_and_signal(kill: bool) -> Option<i32> {
@@ -274,6 +281,7 @@ fn main() {
         .function("seed_test", seed_test)
         .function("fork_orphan", fork_orphan)
         .function("gate_then_exit", gate_then_exit)
+        .function("gate_then_return", gate_then_return)
         .function("fork_and_join", fork_and_join)
         .function("fork_and_signal", fork_and_signal)
         .function("spawn_children", spawn_children)
