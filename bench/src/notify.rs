@@ -80,6 +80,7 @@ pub fn rows(s: &Samples) -> Vec<Row> {
             Row::new(CASE, format!("mpctl SDK join → dev vs CPython {m}"), "ms")
                 .ours(s.get("mpctl/notify"))
                 .cpython(s.get(&format!("cpython/notify:{m}")))
+                .blocks(BLOCKS)
         })
         .collect();
     rows.push(

@@ -84,6 +84,7 @@ pub fn rows(s: &Samples) -> Vec<Row> {
         Row::new(CASE, variant, unit)
             .ours(s.get(&format!("mpctl/{key}")))
             .cpython(s.get(&format!("cpython/{key}")))
+            .blocks(THROUGHPUT_BLOCKS)
     })
     .collect()
 }

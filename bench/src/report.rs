@@ -45,6 +45,9 @@ pub struct Row {
     pub unit: &'static str,
     pub ours: Side,
     pub cpython: Side,
+    /// How many alternating mpctl/CPython blocks each round holds (see
+    /// [`Row::blocks`]).
+    pub blocks: usize,
 }
 
 impl Row {
@@ -55,7 +58,18 @@ impl Row {
             unit,
             ours: Side::Missing("—".into()),
             cpython: Side::Missing("no CPython counterpart".into()),
+            blocks: 1,
         }
+    }
+
+    /// Each round measured both sides in `n` alternating blocks (mpctl's
+    /// block, then CPython's): the ratio is taken block by block, between
+    /// samples minutes apart at most seconds. A side with fewer samples
+    /// than `n` in a round (CPython spawn's single batch) pairs its first
+    /// block with mpctl's first.
+    pub fn blocks(mut self, n: usize) -> Row {
+        self.blocks = n.max(1);
+        self
     }
 
     pub fn ours(mut self, s: Side) -> Row {
@@ -68,18 +82,39 @@ impl Row {
         self
     }
 
-    /// ours ÷ CPython of the round medians, per round.
-    fn ratios(&self) -> Vec<f64> {
+    /// ours ÷ CPython of the block medians, for each block of each round.
+    fn pair_ratios(&self) -> Vec<Vec<f64>> {
         match (&self.ours, &self.cpython) {
             (Side::Measured(a), Side::Measured(b)) => a
                 .iter()
                 .zip(b)
                 .filter(|(x, y)| !x.is_empty() && !y.is_empty())
-                .map(|(x, y)| median(x) / median(y))
+                .map(|(x, y)| {
+                    chunks(x, self.blocks)
+                        .zip(chunks(y, self.blocks))
+                        .map(|(x, y)| median(x) / median(y))
+                        .collect()
+                })
                 .collect(),
             _ => Vec::new(),
         }
     }
+
+    /// The row's ratio: the median over every block of every round (a
+    /// median of a few round medians moved with whichever round was
+    /// disturbed), and the median of each round's blocks, for the table.
+    fn ratios(&self) -> (Option<f64>, Vec<f64>) {
+        let pairs = self.pair_ratios();
+        let all: Vec<f64> = pairs.iter().flatten().copied().collect();
+        let overall = (!all.is_empty()).then(|| median(&all));
+        (overall, pairs.iter().map(|r| median(r)).collect())
+    }
+}
+
+/// `v` cut into `n` consecutive, nearly equal blocks (fewer if `v` is shorter).
+fn chunks(v: &[f64], n: usize) -> impl Iterator<Item = &[f64]> {
+    let k = n.min(v.len()).max(1);
+    (0..k).map(move |i| &v[i * v.len() / k..(i + 1) * v.len() / k])
 }
 
 pub fn median(v: &[f64]) -> f64 {
@@ -185,16 +220,18 @@ pub fn table(machine: &[(&str, String)], rows: &[Row]) -> String {
     for r in rows {
         let (om, op) = side_cells(&r.ours, r.unit);
         let (cm, cp) = side_cells(&r.cpython, r.unit);
-        let ratios = r.ratios();
-        let (rm, rr) = if let Side::NotAvailable(why) = &r.ours {
-            (String::new(), format!("not available: {why}"))
-        } else if ratios.is_empty() {
-            (String::new(), per_round(&r.ours))
-        } else {
-            (
-                num(median(&ratios)),
-                ratios.iter().map(|x| num(*x)).collect::<Vec<_>>().join(" "),
-            )
+        let (ratio, per_round_ratios) = r.ratios();
+        let (rm, rr) = match (&r.ours, ratio) {
+            (Side::NotAvailable(why), _) => (String::new(), format!("not available: {why}")),
+            (_, None) => (String::new(), per_round(&r.ours)),
+            (_, Some(ratio)) => (
+                num(ratio),
+                per_round_ratios
+                    .iter()
+                    .map(|x| num(*x))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
         };
         lines.push(vec![
             r.case.into(),
@@ -251,15 +288,17 @@ pub fn json(machine: &[(&str, String)], rows: &[Row]) -> Value {
     let rows: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let ratios = r.ratios();
+            let (ratio, per_round_ratios) = r.ratios();
             json!({
                 "case": r.case,
                 "variant": r.variant,
                 "unit": r.unit,
                 "ours": side_json(&r.ours, r.unit),
                 "cpython": side_json(&r.cpython, r.unit),
-                "ratio_median": if ratios.is_empty() { Value::Null } else { json!(median(&ratios)) },
-                "ratios": ratios,
+                "ratio_median": ratio,
+                "ratios": per_round_ratios,
+                "blocks": r.blocks,
+                "block_ratios": r.pair_ratios(),
             })
         })
         .collect();

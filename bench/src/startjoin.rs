@@ -163,6 +163,7 @@ pub fn rows(s: &Samples) -> Vec<Row> {
             Row::new(CASE, format!("{sdk} vs CPython {m}"), "ms")
                 .ours(ours("sdk"))
                 .cpython(cp(m))
+                .blocks(BLOCKS)
         })
         .collect();
     for (variant, key, m) in [
@@ -192,7 +193,8 @@ pub fn rows(s: &Samples) -> Vec<Row> {
         rows.push(
             Row::new(CASE, format!("{variant} vs CPython {m}"), "ms")
                 .ours(ours(key))
-                .cpython(cp(m)),
+                .cpython(cp(m))
+                .blocks(BLOCKS),
         );
     }
     rows
