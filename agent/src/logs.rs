@@ -25,6 +25,13 @@ pub fn output_paths(procs_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
     (dir.join("stdout"), dir.join("stderr"))
 }
 
+/// What a follower watches: its process's directory, or, until that
+/// exists, the node's output directory (for the directory's creation).
+enum Watching {
+    Own(Subscription),
+    Parent(Subscription),
+}
+
 struct Source {
     stream: LogStream,
     path: PathBuf,
@@ -109,7 +116,8 @@ async fn serve_inner(
         return Ok(());
     }
     let mut exits = state.exit_events();
-    let mut subscription: Option<Subscription> = None;
+    let dir = procs_dir.join(id);
+    let mut subscription: Option<Watching> = None;
     loop {
         exits.borrow_and_update();
         let live = state.is_live(id);
@@ -119,15 +127,29 @@ async fn serve_inner(
         if !live {
             return Ok(());
         }
-        let Some(sub) = &subscription else {
-            // The launcher creates the directory with the first output, so
-            // it may not exist yet; output written before the watch existed
-            // is read on the next round.
-            let dir = procs_dir.join(id);
-            tokio::fs::create_dir_all(&dir).await?;
-            subscription = Some(watcher.subscribe(&dir)?);
-            continue;
+        // The launcher creates the process's directory with its first
+        // output. Until it exists, watch the node's output directory for it
+        // (creating it here would cost an inode for a process that may never
+        // write). Output written before a watch existed is read on the next
+        // round, hence `continue` after each new watch.
+        let watching = match subscription.take() {
+            Some(Watching::Own(sub)) => Watching::Own(sub),
+            parent => match watcher.subscribe(&dir) {
+                Ok(sub) => {
+                    subscription = Some(Watching::Own(sub));
+                    continue;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => match parent {
+                    Some(parent) => parent,
+                    None => {
+                        subscription = Some(Watching::Parent(watcher.subscribe(procs_dir)?));
+                        continue;
+                    }
+                },
+                Err(e) => return Err(e),
+            },
         };
+        let (Watching::Own(sub) | Watching::Parent(sub)) = &watching;
         tokio::select! {
             _ = sub.changed.notified() => {}
             changed = exits.changed() => {
@@ -136,5 +158,6 @@ async fn serve_inner(
                 }
             }
         }
+        subscription = Some(watching);
     }
 }

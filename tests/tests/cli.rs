@@ -166,6 +166,35 @@ fn logs_follow_streams_until_exit() {
     assert_eq!(follow.wait().unwrap().code(), Some(0));
 }
 
+/// A process that writes nothing has no output files until its first byte:
+/// a follower waits for them to appear, and a silent process's logs are
+/// empty, not an error.
+#[test]
+fn logs_follow_a_process_silent_at_first() {
+    let tc = TestCluster::with_agent(2);
+    let gate = fifo(tc.path(), "gate");
+    let script = format!("read _ < {}; echo late", gate.display());
+    let id = stdout(&tc.cli(&["submit", "--", "sh", "-c", &script]))
+        .trim()
+        .to_owned();
+    let follow = tc
+        .command()
+        .args(["logs", "-f", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    release(&gate);
+    let out = follow.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "late\n");
+    assert_eq!(out.status.code(), Some(0));
+
+    let silent = stdout(&tc.cli(&["submit", "--", "true"])).trim().to_owned();
+    let done = tc.cli(&["logs", "-f", &silent]);
+    assert_eq!(stdout(&done), "");
+    let again = tc.cli(&["logs", &silent]);
+    assert_eq!(stdout(&again), "");
+}
+
 #[test]
 fn agents_listing() {
     let tc = TestCluster::with_agent(3);
