@@ -64,9 +64,10 @@ impl Row {
 
     /// Each round measured both sides in `n` alternating blocks (mpctl's
     /// block, then CPython's): the ratio is taken block by block, between
-    /// samples minutes apart at most seconds. A side with fewer samples
-    /// than `n` in a round (CPython spawn's single batch) pairs its first
-    /// block with mpctl's first.
+    /// samples at most seconds apart. Both sides are cut into the same
+    /// number of blocks: `n`, or fewer when a side has fewer samples in a
+    /// round (CPython spawn's single batch in case 2 is compared with all
+    /// of mpctl's batches of that round).
     pub fn blocks(mut self, n: usize) -> Row {
         self.blocks = n.max(1);
         self
@@ -90,8 +91,9 @@ impl Row {
                 .zip(b)
                 .filter(|(x, y)| !x.is_empty() && !y.is_empty())
                 .map(|(x, y)| {
-                    chunks(x, self.blocks)
-                        .zip(chunks(y, self.blocks))
+                    let n = self.blocks.min(x.len()).min(y.len());
+                    chunks(x, n)
+                        .zip(chunks(y, n))
                         .map(|(x, y)| median(x) / median(y))
                         .collect()
                 })
