@@ -141,20 +141,24 @@ fn submit_ps_terminate_join_wait_logs() {
     assert_eq!(o.status.code(), Some(1));
 }
 
+/// `mpctl submit -- sh -c SCRIPT`, then `mpctl logs -f` of it, stdout piped.
+fn submit_and_follow(tc: &TestCluster, script: &str) -> std::process::Child {
+    let id = stdout(&tc.cli(&["submit", "--", "sh", "-c", script]))
+        .trim()
+        .to_owned();
+    tc.command()
+        .args(["logs", "-f", &id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn logs_follow_streams_until_exit() {
     let tc = TestCluster::with_agent(2);
     let gate = fifo(tc.path(), "gate");
     let script = format!("echo one; read _ < {}; echo two; exit 2", gate.display());
-    let id = stdout(&tc.cli(&["submit", "--", "sh", "-c", &script]))
-        .trim()
-        .to_owned();
-    let mut follow = tc
-        .command()
-        .args(["logs", "-f", &id])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut follow = submit_and_follow(&tc, &script);
     let mut out = std::io::BufReader::new(follow.stdout.take().unwrap());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
@@ -174,15 +178,7 @@ fn logs_follow_a_process_silent_at_first() {
     let tc = TestCluster::with_agent(2);
     let gate = fifo(tc.path(), "gate");
     let script = format!("read _ < {}; echo late", gate.display());
-    let id = stdout(&tc.cli(&["submit", "--", "sh", "-c", &script]))
-        .trim()
-        .to_owned();
-    let follow = tc
-        .command()
-        .args(["logs", "-f", &id])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let follow = submit_and_follow(&tc, &script);
     release(&gate);
     let out = follow.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "late\n");
