@@ -430,6 +430,12 @@ async fn bench_all(
             "µs",
         )
         .ours(s.get("canary/wakeup")),
+        Row::new(
+            "0 native floor",
+            "dependent load over 64 MiB (canary, before each case)",
+            "ns",
+        )
+        .ours(s.get("canary/memory")),
     ];
     if case(1) {
         rows.extend(startjoin::rows(&s));
@@ -474,7 +480,43 @@ async fn canary(s: &mut Samples, round: usize) -> Result<()> {
     s.add("canary", round, v);
     let v = tokio::task::spawn_blocking(wakeup_round_trips).await??;
     s.add("canary/wakeup", round, v);
+    let v = tokio::task::spawn_blocking(memory_loads).await?;
+    s.add("canary/memory", round, v);
     Ok(())
+}
+
+/// What the CPU canary cannot see: memory. Starting a process (and most of
+/// all a CPython interpreter) is page faults and cache misses, whose cost
+/// moves with what other tenants of the host do to its caches and memory
+/// bus while a register-only loop stays put. Five samples of 1M dependent
+/// loads along a random cycle through 64 MiB, in ns per load.
+fn memory_loads() -> Vec<f64> {
+    static CYCLE: std::sync::OnceLock<Vec<u32>> = std::sync::OnceLock::new();
+    let next = CYCLE.get_or_init(|| {
+        // Sattolo's algorithm: a random permutation that is one cycle.
+        let n = (64 << 20) / std::mem::size_of::<u32>();
+        let mut v: Vec<u32> = (0..n as u32).collect();
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for i in (1..n).rev() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            v.swap(i, (x % i as u64) as usize);
+        }
+        v
+    });
+    const LOADS: usize = 1 << 20;
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let mut at = 0u32;
+            for _ in 0..LOADS {
+                at = next[at as usize];
+            }
+            std::hint::black_box(at);
+            t.elapsed().as_secs_f64() * 1e9 / LOADS as f64
+        })
+        .collect()
 }
 
 /// The other thing mpctl's path is made of: wake-ups. Two threads bounce a
