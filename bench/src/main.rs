@@ -417,26 +417,21 @@ async fn bench_all(
             pool::round(&ctx, r, &mut s).await?;
         }
     }
-    let mut rows = vec![
+    let mut rows: Vec<Row> = [
+        ("canary", "fixed CPU work", "ms"),
+        ("canary/wakeup", "thread wake-up round trip", "µs"),
+        ("canary/memory", "dependent load over 64 MiB", "ns"),
+    ]
+    .into_iter()
+    .map(|(key, what, unit)| {
         Row::new(
             "0 native floor",
-            "fixed CPU work (canary, before each case)",
-            "ms",
+            format!("{what} (canary, before each case)"),
+            unit,
         )
-        .ours(s.get("canary")),
-        Row::new(
-            "0 native floor",
-            "thread wake-up round trip (canary, before each case)",
-            "µs",
-        )
-        .ours(s.get("canary/wakeup")),
-        Row::new(
-            "0 native floor",
-            "dependent load over 64 MiB (canary, before each case)",
-            "ns",
-        )
-        .ours(s.get("canary/memory")),
-    ];
+        .ours(s.get(key))
+    })
+    .collect();
     if case(1) {
         rows.extend(startjoin::rows(&s));
     }

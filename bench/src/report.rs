@@ -104,13 +104,24 @@ impl Row {
 
     /// The row's ratio: the median over every block of every round (a
     /// median of a few round medians moved with whichever round was
-    /// disturbed), and the median of each round's blocks, for the table.
-    fn ratios(&self) -> (Option<f64>, Vec<f64>) {
-        let pairs = self.pair_ratios();
-        let all: Vec<f64> = pairs.iter().flatten().copied().collect();
-        let overall = (!all.is_empty()).then(|| median(&all));
-        (overall, pairs.iter().map(|r| median(r)).collect())
+    /// disturbed), the median of each round's blocks, for the table, and
+    /// the block ratios themselves.
+    fn ratios(&self) -> Ratios {
+        let blocks = self.pair_ratios();
+        let all: Vec<f64> = blocks.iter().flatten().copied().collect();
+        Ratios {
+            overall: (!all.is_empty()).then(|| median(&all)),
+            per_round: blocks.iter().map(|r| median(r)).collect(),
+            blocks,
+        }
     }
+}
+
+/// A row's ratios, from [`Row::ratios`].
+struct Ratios {
+    overall: Option<f64>,
+    per_round: Vec<f64>,
+    blocks: Vec<Vec<f64>>,
 }
 
 /// `v` cut into `n` consecutive, nearly equal blocks (fewer if `v` is shorter).
@@ -222,13 +233,14 @@ pub fn table(machine: &[(&str, String)], rows: &[Row]) -> String {
     for r in rows {
         let (om, op) = side_cells(&r.ours, r.unit);
         let (cm, cp) = side_cells(&r.cpython, r.unit);
-        let (ratio, per_round_ratios) = r.ratios();
-        let (rm, rr) = match (&r.ours, ratio) {
+        let ratios = r.ratios();
+        let (rm, rr) = match (&r.ours, ratios.overall) {
             (Side::NotAvailable(why), _) => (String::new(), format!("not available: {why}")),
             (_, None) => (String::new(), per_round(&r.ours)),
             (_, Some(ratio)) => (
                 num(ratio),
-                per_round_ratios
+                ratios
+                    .per_round
                     .iter()
                     .map(|x| num(*x))
                     .collect::<Vec<_>>()
@@ -290,17 +302,17 @@ pub fn json(machine: &[(&str, String)], rows: &[Row]) -> Value {
     let rows: Vec<Value> = rows
         .iter()
         .map(|r| {
-            let (ratio, per_round_ratios) = r.ratios();
+            let ratios = r.ratios();
             json!({
                 "case": r.case,
                 "variant": r.variant,
                 "unit": r.unit,
                 "ours": side_json(&r.ours, r.unit),
                 "cpython": side_json(&r.cpython, r.unit),
-                "ratio_median": ratio,
-                "ratios": per_round_ratios,
+                "ratio_median": ratios.overall,
+                "ratios": ratios.per_round,
                 "blocks": r.blocks,
-                "block_ratios": r.pair_ratios(),
+                "block_ratios": ratios.blocks,
             })
         })
         .collect();

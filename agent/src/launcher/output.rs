@@ -103,13 +103,12 @@ impl OutPipe {
     /// A memory pipe's bytes so far; what arrives afterwards is dropped.
     /// `None` for a file pipe, or when they were already taken.
     pub fn take_memory(&mut self) -> Option<Vec<u8>> {
-        match std::mem::replace(&mut self.dst, Sink::Discard) {
-            Sink::Memory(bytes) => Some(bytes),
-            other => {
-                self.dst = other;
-                None
-            }
-        }
+        let Sink::Memory(held) = &mut self.dst else {
+            return None;
+        };
+        let bytes = std::mem::take(held);
+        self.dst = Sink::Discard;
+        Some(bytes)
     }
 
     /// The pipe's descriptor, for polling.
