@@ -5,6 +5,7 @@
 //! `cargo build --release && cargo run --release -p mpctl-bench`
 
 mod cluster;
+mod compare;
 mod cpython;
 mod floor;
 mod notify;
@@ -50,6 +51,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
+    /// Compare two runs' JSON files row by row: each ratio in both, how far
+    /// apart they are, and how much each side's median moved. Exits 0 when
+    /// every ratio is within the tolerance, 1 when some are apart, 2 on error.
+    Compare {
+        /// The earlier run (a file from --out)
+        a: PathBuf,
+        /// The later run
+        b: PathBuf,
+        /// How far apart two ratios may be, in percent of the smaller
+        #[arg(long, default_value_t = 15.0)]
+        tolerance: f64,
+    },
     /// (internal) Print the native floor as JSON, single-threaded
     #[command(hide = true)]
     Floor { n: usize },
@@ -188,6 +201,20 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Some(Mode::Stamp { ref fifo, ref out }) => stamp(fifo, out),
+        Some(Mode::Compare {
+            ref a,
+            ref b,
+            tolerance,
+        }) => {
+            return match compare::compare(a, b, tolerance) {
+                Ok(0) => ExitCode::SUCCESS,
+                Ok(_apart) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("mpctl-bench compare: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         None => run(&cli),
     };
     match r {
