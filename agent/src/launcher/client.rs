@@ -122,6 +122,7 @@ impl LauncherClient {
         let sock = dir.join(SOCKET_FILE);
         let deadline = Instant::now() + CONNECT_TIMEOUT;
         let mut backoff = Duration::from_millis(10);
+        let mut started = false;
         let mut last: String;
         loop {
             match UnixStream::connect(&sock).await {
@@ -148,6 +149,13 @@ impl LauncherClient {
                 {
                     last = e.to_string();
                     start_launcher(dir, launcher_cmd, deadline).await?;
+                    // It said "ready" once its socket listened: connect at
+                    // once. Only the first time, so that a launcher that
+                    // exits as soon as it is ready cannot make this spin.
+                    if !started {
+                        started = true;
+                        continue;
+                    }
                 }
                 Err(e) => {
                     return Err(LauncherError::Connect {
