@@ -75,9 +75,9 @@ impl Journal {
             path: path.clone(),
             reason,
         };
-        let text = match fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        let (text, existed) = match fs::read(&path) {
+            Ok(bytes) => (bytes, true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (Vec::new(), false),
             Err(e) => return Err(err(format!("read: {e}"))),
         };
         let (entries, skipped) = parse(&text);
@@ -94,10 +94,19 @@ impl Journal {
                 }
             }
         }
-        let mut ordered: Vec<_> = journal_unacked.values().collect();
-        ordered.sort_by_key(|(seq, _)| *seq);
-        let file = compact(dir, &path, ordered.into_iter().map(|(_, r)| r))
-            .map_err(|e| err(format!("compact: {e}")))?;
+        let file = if existed && journal_unacked.is_empty() && skipped.is_empty() {
+            // Every exit in the file was acknowledged: an empty file means
+            // the same thing, so truncating needs no fsync (a crash leaves
+            // either version, and both replay to nothing). This is the
+            // usual case after a clean stop, and saves a launcher start
+            // three fsyncs and a rename.
+            empty_in_place(&path).map_err(|e| err(format!("truncate: {e}")))?
+        } else {
+            let mut ordered: Vec<_> = journal_unacked.values().collect();
+            ordered.sort_by_key(|(seq, _)| *seq);
+            compact(dir, &path, ordered.into_iter().map(|(_, r)| r))
+                .map_err(|e| err(format!("compact: {e}")))?
+        };
         let journal = Journal {
             path,
             file,
@@ -242,6 +251,14 @@ fn parse(text: &[u8]) -> (Vec<Entry>, Vec<String>) {
     (entries, skipped)
 }
 
+/// Empties a journal whose every exit was acknowledged and returns it opened
+/// for appending.
+fn empty_in_place(path: &Path) -> io::Result<File> {
+    let f = OpenOptions::new().append(true).open(path)?;
+    f.set_len(0)?;
+    Ok(f)
+}
+
 /// Rewrites the journal with only `keep`, atomically, and returns it opened
 /// for appending.
 fn compact<'a>(
@@ -346,6 +363,30 @@ mod tests {
         assert_eq!(j.due(), None);
         let text = on_disk(dir.path());
         assert_eq!(text.lines().nth(1), Some(r#"{"ack":"a"}"#), "{text}");
+    }
+
+    #[test]
+    fn a_fully_acknowledged_journal_reopens_empty_and_appends_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (mut j, _) = Journal::open(dir.path()).unwrap();
+            for id in ["a", "b"] {
+                j.record_exit(&rec(id, 0));
+                j.ack(id).unwrap();
+            }
+            j.flush().unwrap();
+        }
+        assert_eq!(on_disk(dir.path()).lines().count(), 4);
+        let (mut j, skipped) = Journal::open(dir.path()).unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(j.all_unacked(), Vec::<ExitRecord>::new());
+        assert_eq!(on_disk(dir.path()), "", "emptied in place");
+        j.record_exit(&rec("c", 5));
+        j.flush().unwrap();
+        drop(j);
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        assert_eq!(j.all_unacked(), vec![rec("c", 5)]);
+        assert!(on_disk(dir.path()).starts_with(r#"{"exit":{"id":"c","#));
     }
 
     #[test]
