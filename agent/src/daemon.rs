@@ -131,9 +131,14 @@ pub async fn run(
     let mut backoff = BACKOFF_MIN;
     let result = loop {
         let began = Instant::now();
+        let session = session::run(&ctx);
+        tokio::pin!(session);
         let outcome = tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            r = session::run(&ctx) => r,
+            _ = &mut shutdown => {
+                drain(&ctx, session).await;
+                break Ok(());
+            }
+            r = &mut session => r,
         };
         match outcome {
             Ok(()) => {
@@ -154,7 +159,27 @@ pub async fn run(
         backoff = (backoff * 2).min(BACKOFF_MAX);
     };
     watcher.abort();
+    // Acks queued for the launcher reach it before the connection closes.
+    let _ = tokio::time::timeout(DRAIN, ctx.launcher.get().await.flush()).await;
     result
+}
+
+/// How long a clean stop waits for the coordinator to acknowledge the exits
+/// already reported (its group commit takes a few ms).
+const DRAIN: Duration = Duration::from_millis(500);
+
+/// On a clean stop with a session up: keeps the session running until every
+/// reported exit is acknowledged (or `DRAIN` passes, or the session ends),
+/// so that the launcher does not keep them for the next agent to report
+/// again. Nothing is lost either way.
+async fn drain(ctx: &Ctx, session: std::pin::Pin<&mut impl Future>) {
+    let acked = async {
+        tokio::select! {
+            _ = ctx.state.all_acked() => {}
+            _ = session => {}
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN, acked).await;
 }
 
 /// Forwards the launcher's exits; if the launcher goes away, starts or

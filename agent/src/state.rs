@@ -37,6 +37,8 @@ impl Inner {
 pub struct NodeState {
     inner: Mutex<Inner>,
     exits: watch::Sender<u64>,
+    /// How many exits wait for the coordinator's ack.
+    unacked: watch::Sender<usize>,
 }
 
 /// An exit as reported to the coordinator; `result` is what a function
@@ -56,6 +58,7 @@ impl NodeState {
         NodeState {
             inner: Mutex::new(Inner::default()),
             exits: watch::channel(0).0,
+            unacked: watch::channel(0).0,
         }
     }
 
@@ -72,6 +75,7 @@ impl NodeState {
             if !g.unacked.contains_key(&e.process_id) {
                 g.send(Msg::Exited(e.clone()));
                 g.unacked.insert(e.process_id.clone(), e);
+                self.unacked.send_replace(g.unacked.len());
             }
         }
         drop(g);
@@ -138,12 +142,20 @@ impl NodeState {
         }
         g.send(Msg::Exited(e.clone()));
         g.unacked.insert(e.process_id.clone(), e);
+        self.unacked.send_replace(g.unacked.len());
         drop(g);
         self.exits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn acked(&self, id: &str) {
-        self.lock().unacked.remove(id);
+        let mut g = self.lock();
+        g.unacked.remove(id);
+        self.unacked.send_replace(g.unacked.len());
+    }
+
+    /// Resolves when no exit waits for the coordinator's ack.
+    pub async fn all_acked(&self) {
+        let _ = self.unacked.subscribe().wait_for(|n| *n == 0).await;
     }
 
     pub fn running_count(&self) -> u32 {

@@ -263,6 +263,60 @@ fn embedded_default_keeps_state_between_commands() {
     kill_launcher_sessions(home.path());
 }
 
+/// Blocks until nobody holds `path`'s flock (a launcher holds its
+/// `launcher.lock` until it exits), or fails after `READY`.
+fn wait_unlocked(path: &std::path::Path) {
+    use nix::fcntl::{Flock, FlockArg};
+    let file = std::fs::File::open(path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(Flock::lock(file, FlockArg::LockExclusive).is_ok());
+    });
+    assert_eq!(
+        rx.recv_timeout(READY),
+        Ok(true),
+        "{} still locked",
+        path.display()
+    );
+}
+
+#[test]
+fn an_embedded_run_leaves_no_exit_for_the_next_to_report_again() {
+    let home = tempfile::Builder::new()
+        .prefix("mpctl-home-")
+        .tempdir()
+        .unwrap();
+    let o = bare(home.path())
+        .args(["run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    // The launcher leaves when the agent has and nothing runs: then its
+    // journal is final.
+    let dir = home
+        .path()
+        .join(".local/share/mpctl/embedded/agent/launcher");
+    wait_unlocked(&dir.join("launcher.lock"));
+    let journal = std::fs::read_to_string(dir.join("exits.journal")).unwrap();
+    let ids = |kind: &str| -> Vec<String> {
+        journal
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter_map(|v| match kind {
+                "exit" => v["exit"]["id"].as_str().map(str::to_owned),
+                _ => v["ack"].as_str().map(str::to_owned),
+            })
+            .collect()
+    };
+    assert_eq!(ids("exit").len(), 1, "{journal}");
+    assert_eq!(
+        ids("exit"),
+        ids("ack"),
+        "the exit was acknowledged before the run ended: {journal}"
+    );
+    kill_launcher_sessions(home.path());
+}
+
 #[test]
 fn dev_cluster_serves_later_commands() {
     let home = tempfile::Builder::new()

@@ -85,8 +85,15 @@ impl Shared {
     }
 }
 
+/// What the writer task takes, in order.
+enum Outgoing {
+    Frame(Vec<u8>),
+    /// Answered once every frame queued before it is written.
+    Flushed(oneshot::Sender<()>),
+}
+
 struct Inner {
-    frames: mpsc::UnboundedSender<Vec<u8>>,
+    frames: mpsc::UnboundedSender<Outgoing>,
     shared: Arc<Shared>,
 }
 
@@ -180,14 +187,21 @@ impl LauncherClient {
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending::default()),
         });
-        let (frames, mut frames_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let (frames, mut frames_rx) = mpsc::unbounded_channel::<Outgoing>();
         let (events, events_rx) = mpsc::unbounded_channel();
 
         let writer_shared = Arc::clone(&shared);
         tokio::spawn(async move {
             // Ends when every handle is dropped; dropping `wr` then shuts the
             // write side down and the launcher sees the agent leave.
-            while let Some(frame) = frames_rx.recv().await {
+            while let Some(out) = frames_rx.recv().await {
+                let frame = match out {
+                    Outgoing::Frame(frame) => frame,
+                    Outgoing::Flushed(done) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                };
                 if let Err(e) = wr.write_all(&frame).await {
                     writer_shared.close(&format!("write to launcher: {e}"));
                     return;
@@ -263,10 +277,20 @@ impl LauncherClient {
         }
         self.inner
             .frames
-            .send(frame)
+            .send(Outgoing::Frame(frame))
             .map_err(|_| LauncherError::Disconnected {
                 reason: "launcher connection writer stopped".to_owned(),
             })
+    }
+
+    /// Resolves once every frame queued so far is written to the launcher
+    /// (or the connection is gone): for a clean stop, so that acks sent
+    /// just before it reach the launcher.
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.frames.send(Outgoing::Flushed(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 
     fn gone(&self) -> LauncherError {
