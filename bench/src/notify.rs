@@ -21,8 +21,10 @@ use crate::{monotonic_ns, Ctx};
 
 const CASE: &str = "3 exit→join notification";
 
-/// A round alternates mpctl and CPython in this many blocks.
-const BLOCKS: usize = 4;
+/// A round alternates mpctl and CPython in this many blocks. CPython's
+/// side (a forked interpreter's exit) moves by up to a half from one block
+/// to the next on this VM, so the row needs many pairs to settle.
+const BLOCKS: usize = 8;
 
 pub async fn round(ctx: &Ctx, r: usize, s: &mut Samples) -> Result<()> {
     let n = ctx.n.notify.div_ceil(BLOCKS);

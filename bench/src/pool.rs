@@ -52,9 +52,10 @@ async fn ours(ctx: &Ctx, case: &str, n: usize) -> Result<f64> {
 
 /// Samples per round of the throughput cases, alternating mpctl and
 /// CPython: one map of tiny tasks lasts only 0.1–0.5 s, so one sample a
-/// round was at the mercy of a single disturbance. The overhead cases are
-/// long enough with one.
-const THROUGHPUT_BLOCKS: usize = 3;
+/// round was at the mercy of a single disturbance, and samples on both
+/// sides move by a third from one to the next. The overhead cases are long
+/// enough with one.
+const THROUGHPUT_BLOCKS: usize = 8;
 
 pub async fn round(ctx: &Ctx, r: usize, s: &mut Samples) -> Result<()> {
     for (case, n, blocks) in [
