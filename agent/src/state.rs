@@ -37,8 +37,8 @@ impl Inner {
 pub struct NodeState {
     inner: Mutex<Inner>,
     exits: watch::Sender<u64>,
-    /// How many exits wait for the coordinator's ack.
-    unacked: watch::Sender<usize>,
+    /// Changes whenever an ack removes an exit from `unacked`.
+    acks: watch::Sender<()>,
 }
 
 /// An exit as reported to the coordinator; `result` is what a function
@@ -58,7 +58,7 @@ impl NodeState {
         NodeState {
             inner: Mutex::new(Inner::default()),
             exits: watch::channel(0).0,
-            unacked: watch::channel(0).0,
+            acks: watch::channel(()).0,
         }
     }
 
@@ -75,7 +75,6 @@ impl NodeState {
             if !g.unacked.contains_key(&e.process_id) {
                 g.send(Msg::Exited(e.clone()));
                 g.unacked.insert(e.process_id.clone(), e);
-                self.unacked.send_replace(g.unacked.len());
             }
         }
         drop(g);
@@ -142,20 +141,24 @@ impl NodeState {
         }
         g.send(Msg::Exited(e.clone()));
         g.unacked.insert(e.process_id.clone(), e);
-        self.unacked.send_replace(g.unacked.len());
         drop(g);
         self.exits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn acked(&self, id: &str) {
-        let mut g = self.lock();
-        g.unacked.remove(id);
-        self.unacked.send_replace(g.unacked.len());
+        self.lock().unacked.remove(id);
+        self.acks.send_replace(());
     }
 
     /// Resolves when no exit waits for the coordinator's ack.
     pub async fn all_acked(&self) {
-        let _ = self.unacked.subscribe().wait_for(|n| *n == 0).await;
+        // Subscribed before the check, so an ack in between is not missed.
+        let mut acks = self.acks.subscribe();
+        while !self.lock().unacked.is_empty() {
+            if acks.changed().await.is_err() {
+                return;
+            }
+        }
     }
 
     pub fn running_count(&self) -> u32 {

@@ -37,6 +37,11 @@ fn load(path: &Path) -> Result<Run> {
     }
 }
 
+/// A machine field as the table's header shows it (`?` when absent).
+fn field<'a>(run: &'a Run, k: &str) -> &'a str {
+    run.machine.get(k).and_then(Value::as_str).unwrap_or("?")
+}
+
 fn key(row: &Value) -> (String, String) {
     let s = |k: &str| row[k].as_str().unwrap_or_default().to_string();
     (s("case"), s("variant"))
@@ -69,20 +74,13 @@ pub fn compare(a: &Path, b: &Path, tolerance: f64) -> Result<usize> {
     for k in [
         "cores", "cpu", "kernel", "python", "rounds", "quick", "cases",
     ] {
-        let (x, y) = (&ra.machine.get(k), &rb.machine.get(k));
+        let (x, y) = (field(&ra, k), field(&rb, k));
         if x != y {
             println!("note: {k} differs: {x:?} vs {y:?}; the runs may not be comparable");
         }
     }
-    let date = |r: &Run| {
-        r.machine
-            .get("date")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-            .to_string()
-    };
-    println!("A: {} ({})", a.display(), date(&ra));
-    println!("B: {} ({})", b.display(), date(&rb));
+    println!("A: {} ({})", a.display(), field(&ra, "date"));
+    println!("B: {} ({})", b.display(), field(&rb, "date"));
     println!(
         "{:<36} | {:<72} | {:>8} | {:>8} | {:>7} | {:>9} | {:>9}",
         "case", "variant", "ratio A", "ratio B", "apart", "ours Δ", "CPython Δ"

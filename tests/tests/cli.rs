@@ -298,20 +298,18 @@ fn an_embedded_run_leaves_no_exit_for_the_next_to_report_again() {
         .join(".local/share/mpctl/embedded/agent/launcher");
     wait_unlocked(&dir.join("launcher.lock"));
     let journal = std::fs::read_to_string(dir.join("exits.journal")).unwrap();
-    let ids = |kind: &str| -> Vec<String> {
-        journal
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
-            .filter_map(|v| match kind {
-                "exit" => v["exit"]["id"].as_str().map(str::to_owned),
-                _ => v["ack"].as_str().map(str::to_owned),
-            })
-            .collect()
-    };
-    assert_eq!(ids("exit").len(), 1, "{journal}");
+    let (mut exits, mut acks) = (Vec::new(), Vec::new());
+    for line in journal.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        if let Some(id) = v["exit"]["id"].as_str() {
+            exits.push(id.to_owned());
+        } else if let Some(id) = v["ack"].as_str() {
+            acks.push(id.to_owned());
+        }
+    }
+    assert_eq!(exits.len(), 1, "{journal}");
     assert_eq!(
-        ids("exit"),
-        ids("ack"),
+        exits, acks,
         "the exit was acknowledged before the run ended: {journal}"
     );
     kill_launcher_sessions(home.path());

@@ -99,7 +99,7 @@ impl Journal {
             // the same thing, so truncating needs no fsync (a crash leaves
             // either version, and both replay to nothing). This is the
             // usual case after a clean stop, and saves a launcher start
-            // three fsyncs and a rename.
+            // two fsyncs (file and directory) and a rename.
             empty_in_place(&path).map_err(|e| err(format!("truncate: {e}")))?
         } else {
             let mut ordered: Vec<_> = journal_unacked.values().collect();
