@@ -4,6 +4,9 @@
 //!
 //! All of the crate's `unsafe` is in this module.
 
+// This module is where the crate's `unsafe` lives (see the workspace lints).
+#![allow(unsafe_code)]
+
 use std::ffi::CString;
 use std::time::Instant;
 

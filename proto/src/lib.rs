@@ -6,6 +6,7 @@
 //! function-target processes it starts; [`worker_frame`] frames the messages
 //! between a pool worker and its agent.
 
+#![forbid(unsafe_code)]
 #![allow(clippy::all, clippy::pedantic)]
 
 pub mod bootstrap;

@@ -17,6 +17,8 @@
 //! before the agent messages that depend on it leave. Input from the wire is
 //! bounded in [`validate`].
 
+#![forbid(unsafe_code)]
+
 pub mod agent_service;
 pub mod core;
 pub mod daemon;

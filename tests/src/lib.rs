@@ -7,6 +7,8 @@
 //! kills every process left in each node launcher's session, so no test leaves
 //! a process behind.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

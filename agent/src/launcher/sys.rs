@@ -7,6 +7,9 @@
 //! real-time signals, and an exit status must never be lost to a decoding
 //! error.
 
+// This module is where the crate's `unsafe` lives (see the workspace lints).
+#![allow(unsafe_code)]
+
 use std::io;
 
 use mpctl_proto::bootstrap::{PREP_FD, RESULT_FD};

@@ -53,6 +53,8 @@ pub fn run(runtime: &Runtime, fds: &str) -> ! {
         );
     }
     // Children of this process are not function targets by inheritance.
+    // `Runtime::init` runs first in `main`, before any thread exists.
+    #[allow(clippy::disallowed_methods)]
     std::env::remove_var(mpctl_proto::bootstrap::ENV_BOOTSTRAP);
     run_prepared(runtime)
 }

@@ -47,8 +47,11 @@ pub fn serve(runtime: &Runtime, fd: &str) -> ! {
     if fd != FORKSERVER_FD.to_string() {
         die(&format!("{ENV_FORKSERVER} is {fd:?}, expected {FORKSERVER_FD}; was this program started by an mpctl launcher?"));
     }
+    // A forkserver is single-threaded and this runs before its preload hooks.
+    #[allow(clippy::disallowed_methods)]
     std::env::remove_var(ENV_FORKSERVER);
     let preload = std::env::var(ENV_PRELOAD).unwrap_or_default();
+    #[allow(clippy::disallowed_methods)]
     std::env::remove_var(ENV_PRELOAD);
     let sock = sys::adopt_socket(FORKSERVER_FD).unwrap_or_else(|e| die(&e.to_string()));
 

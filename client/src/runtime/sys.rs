@@ -1,6 +1,9 @@
 //! The only `unsafe` in the SDK: taking ownership of inherited descriptors,
 //! and `fork` in the forkserver.
 
+// This module is where the crate's `unsafe` lives (see the workspace lints).
+#![allow(unsafe_code)]
+
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
