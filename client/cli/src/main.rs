@@ -1,12 +1,16 @@
-//! `mpctl`: the command-line tool. See `mpctl --help`.
+//! `mpctl`: the command-line tool. See `mpctl --help` and the crate's
+//! library (`lib.rs`) for how it is built.
 
-mod cli;
+#![forbid(unsafe_code)]
 
 fn main() {
     // Started by an agent as a command pool's worker, this serves the
     // pool's tasks and never returns; otherwise it returns at once.
     mpctl::runtime::Runtime::new()
-        .function(cli::map::COMMAND_FUNCTION, cli::map::run_command)
+        .function(
+            mpctl_cli::map::COMMAND_FUNCTION,
+            mpctl_cli::map::run_command,
+        )
         .init();
-    std::process::exit(cli::main());
+    std::process::exit(mpctl_cli::main());
 }

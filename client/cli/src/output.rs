@@ -2,35 +2,14 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mpctl::proto::{AgentInfo, AgentState, ProcessInfo, ProcessState, StartMethod};
+use mpctl::{AgentInfo, ProcessInfo};
 use serde_json::{json, Value};
 
-pub fn state_name(state: i32) -> &'static str {
-    match ProcessState::try_from(state).unwrap_or(ProcessState::Unspecified) {
-        ProcessState::Queued => "queued",
-        ProcessState::Launching => "launching",
-        ProcessState::Started => "started",
-        ProcessState::Stopped => "stopped",
-        ProcessState::Failed => "failed",
-        ProcessState::Lost => "lost",
-        ProcessState::Unspecified => "unknown",
-    }
-}
-
-pub fn agent_state_name(state: i32) -> &'static str {
-    match AgentState::try_from(state).unwrap_or(AgentState::Unspecified) {
-        AgentState::Ready => "ready",
-        AgentState::Disconnected => "disconnected",
-        AgentState::Lost => "lost",
-        AgentState::Unspecified => "unknown",
-    }
-}
-
-fn opt_ms(ms: i64) -> Value {
-    if ms > 0 {
-        json!(ms)
-    } else {
-        Value::Null
+/// Milliseconds since the epoch, or null: the JSON keeps the wire's units.
+fn unix_ms(t: Option<SystemTime>) -> Value {
+    match t.and_then(|t| t.duration_since(UNIX_EPOCH).ok()) {
+        Some(d) => json!(d.as_millis() as i64),
+        None => Value::Null,
     }
 }
 
@@ -39,41 +18,37 @@ pub fn process_json(p: &ProcessInfo) -> Value {
         "id": p.id,
         "name": p.name,
         "node": (!p.node.is_empty()).then_some(&p.node),
-        "pid": (p.pid != 0).then_some(p.pid),
-        "state": state_name(p.state),
+        "pid": p.pid,
+        "state": p.state.as_str(),
         "exitcode": p.exitcode,
-        "start_error": (!p.start_error.is_empty()).then_some(&p.start_error),
+        "start_error": p.start_error,
         "daemon": p.daemon,
         "parent_id": (!p.parent_id.is_empty()).then_some(&p.parent_id),
         "argv": p.argv,
         "cwd": (!p.cwd.is_empty()).then_some(&p.cwd),
-        "start_method": match StartMethod::try_from(p.start_method) {
-            Ok(StartMethod::Forkserver) => "forkserver",
-            Ok(StartMethod::Fork) => "fork",
-            _ => "spawn",
-        },
+        "start_method": p.start_method.as_str(),
         "function": (!p.function.is_empty()).then_some(&p.function),
         "pool_id": (!p.pool_id.is_empty()).then_some(&p.pool_id),
         "limits": p.limits.map(|l| json!({
             "memory_bytes": (l.memory_bytes != 0).then_some(l.memory_bytes),
             "cpu_seconds": (l.cpu_seconds != 0).then_some(l.cpu_seconds),
         })),
-        "created_unix_ms": opt_ms(p.created_unix_ms),
-        "started_unix_ms": opt_ms(p.started_unix_ms),
-        "stopped_unix_ms": opt_ms(p.stopped_unix_ms),
+        "created_unix_ms": unix_ms(p.created),
+        "started_unix_ms": unix_ms(p.started),
+        "stopped_unix_ms": unix_ms(p.stopped),
     })
 }
 
 pub fn agent_json(a: &AgentInfo) -> Value {
     json!({
         "name": a.name,
-        "state": agent_state_name(a.state),
+        "state": a.state.as_str(),
         "slots": a.slots,
         "used": a.used,
         "labels": a.labels,
         "version": a.version,
         "hostname": a.hostname,
-        "last_seen_unix_ms": opt_ms(a.last_seen_unix_ms),
+        "last_seen_unix_ms": unix_ms(a.last_seen),
     })
 }
 
@@ -84,16 +59,14 @@ pub fn print_json(v: &Value) {
     );
 }
 
-/// `5s`, `3m`, `2h`, `4d` since `ms`.
-pub fn age(ms: i64) -> String {
-    if ms <= 0 {
+/// `5s`, `3m`, `2h`, `4d` since `t`; `-` for none.
+pub fn age(t: Option<SystemTime>) -> String {
+    let Some(t) = t else {
         return "-".into();
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
-    let s = ((now - ms) / 1000).max(0);
+    };
+    let s = SystemTime::now()
+        .duration_since(t)
+        .map_or(0, |d| d.as_secs());
     match s {
         0..=119 => format!("{s}s"),
         120..=7199 => format!("{}m", s / 60),
