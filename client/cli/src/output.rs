@@ -112,3 +112,53 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) {
         line(row.iter().map(String::as_str).collect());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use mpctl::{Limits, ProcessInfo, ProcessState, StartMethod};
+
+    use super::process_json;
+
+    fn at(ms: u64) -> Option<std::time::SystemTime> {
+        Some(UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// The `-o json` record is a contract with scripts: the same keys, the
+    /// same nulls for "none", milliseconds since the epoch.
+    #[test]
+    fn process_json_keeps_the_wire_shape() {
+        let p = ProcessInfo {
+            id: "00000000000000aa".into(),
+            name: "Process-3:1".into(),
+            node: "node-a".into(),
+            pid: Some(4242),
+            state: ProcessState::Stopped,
+            exitcode: Some(-15),
+            start_error: None,
+            daemon: true,
+            parent_id: "00000000000000bb".into(),
+            argv: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            cwd: String::new(),
+            start_method: StartMethod::Forkserver,
+            function: "whoami".into(),
+            result: Some(b"1".to_vec()),
+            identity: vec![3, 1],
+            limits: Some(Limits {
+                memory_bytes: 1 << 20,
+                cpu_seconds: 0,
+            }),
+            pool_id: String::new(),
+            request_id: "r".into(),
+            created: at(1_700_000_000_001),
+            started: at(1_700_000_000_002),
+            stopped: None,
+        };
+        let text = serde_json::to_string(&process_json(&p)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"argv":["sh","-c","exit 3"],"created_unix_ms":1700000000001,"cwd":null,"daemon":true,"exitcode":-15,"function":"whoami","id":"00000000000000aa","limits":{"cpu_seconds":null,"memory_bytes":1048576},"name":"Process-3:1","node":"node-a","parent_id":"00000000000000bb","pid":4242,"pool_id":null,"start_error":null,"start_method":"forkserver","started_unix_ms":1700000000002,"state":"stopped","stopped_unix_ms":null}"#
+        );
+    }
+}
