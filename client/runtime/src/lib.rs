@@ -4,8 +4,10 @@
 //!
 //! Dependencies go one way: the SDK (`mpctl`) depends on this crate, never
 //! the reverse. The runtime speaks only the node contract (preparation data,
-//! descriptors, the forkserver and adoption sockets), with no async runtime
-//! and no gRPC client; the SDK needs it for the fork start method (it forks
+//! descriptors, the forkserver and adoption sockets) and uses no async
+//! runtime and no gRPC client (it still links them, through `mpctl-proto`
+//! and `mpctl-transport`, until the node contract has a crate of its own);
+//! the SDK needs it for the fork start method (it forks
 //! the caller through [`fork`]) and to know whether this process is managed
 //! ([`current_process`], the credentials its own children are started with).
 //! A function target that starts processes itself links the SDK too; the
