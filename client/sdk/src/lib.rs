@@ -14,7 +14,7 @@
 //! - [`Pool`] ([`pool`]) mirrors `multiprocessing.Pool`: `apply`, `map`,
 //!   `imap`, `starmap` and their async forms over workers on the nodes.
 //! - [`status`] holds the SDK's own types ([`ProcessInfo`], [`ProcessState`],
-//!   [`AgentInfo`], [`StartMethod`], [`LogChunk`]); [`wire`] converts the
+//!   [`AgentInfo`], [`StartMethod`], [`LogChunk`]); `wire` converts the
 //!   coordinator's protobuf messages to them at the edge.
 //! - [`runtime`] is the `mpctl-runtime` crate, re-exported: how a program
 //!   serves function targets (register functions, call `Runtime::init()`
@@ -37,7 +37,7 @@ pub mod logs;
 pub mod pool;
 pub mod process;
 pub mod status;
-pub mod wire;
+mod wire;
 
 pub use mpctl_runtime as runtime;
 

@@ -1,7 +1,7 @@
 //! The SDK's own view of processes, agents and output: what
 //! [`crate::Process::info`], [`crate::Cluster::get`], `list` and `agents`
 //! hand out. Plain Rust types with typed fields; the protobuf messages they
-//! come from are converted at the SDK's edge ([`crate::wire`]) and never
+//! come from are converted at the SDK's edge (`wire.rs`) and never
 //! reach a caller.
 //!
 //! Identifiers (`node`, `parent_id`, `pool_id`, ...) are strings, empty when
