@@ -31,7 +31,7 @@ pub fn mpctl_bin() -> PathBuf {
     let bin = dir.join("mpctl");
     assert!(
         bin.is_file(),
-        "{} is missing: build it with `cargo build -p mpctl` (cargo nextest/test --workspace builds it)",
+        "{} is missing: build it with `cargo build -p mpctl-cli` (cargo nextest/test --workspace builds it)",
         bin.display()
     );
     bin

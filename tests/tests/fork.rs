@@ -37,11 +37,11 @@ async fn seed_test_of_the_three_start_methods() {
     assert_eq!(children.len(), 3);
     let forked = children
         .iter()
-        .find(|p| p.start_method == StartMethod::Fork as i32)
+        .find(|p| p.start_method == StartMethod::Fork)
         .unwrap();
     assert_eq!(forked.exitcode, Some(0));
     assert_eq!(forked.node, "node-a");
-    assert!(forked.pid > 0);
+    assert!(forked.pid.is_some_and(|pid| pid > 0));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -70,7 +70,7 @@ async fn spawn_sees_the_initial_value_forkserver_the_preloaded_one() {
     );
     assert_eq!(
         c.get(forked.id().unwrap()).await.unwrap().start_method,
-        StartMethod::Forkserver as i32
+        StartMethod::Forkserver
     );
 }
 

@@ -28,7 +28,7 @@ async fn join_soon(p: &mut Process) {
     );
 }
 
-fn used(agents: &[mpctl::proto::AgentInfo], name: &str) -> u32 {
+fn used(agents: &[mpctl::AgentInfo], name: &str) -> u32 {
     agents
         .iter()
         .find(|a| a.name == name)
@@ -61,7 +61,7 @@ async fn a_full_agent_queues_then_runs_in_order() {
     assert_eq!(b.state(), Some(ProcessState::Queued));
     assert_eq!(b.exitcode(), None);
     let fresh = c.get(b.id().unwrap()).await.unwrap();
-    assert_eq!(fresh.state, ProcessState::Queued as i32);
+    assert_eq!(fresh.state, ProcessState::Queued);
 
     release(&gate);
     join_soon(&mut a).await;
@@ -125,10 +125,10 @@ async fn a_queued_process_can_be_terminated_without_ever_running() {
     for p in [&mut b, &mut k] {
         p.join(None).await.unwrap();
         let info = p.info().unwrap();
-        assert_eq!(info.state, ProcessState::Stopped as i32);
-        assert_eq!(info.pid, 0);
+        assert_eq!(info.state, ProcessState::Stopped);
+        assert_eq!(info.pid, None);
         assert_eq!(info.node, "");
-        assert_eq!(info.started_unix_ms, 0);
+        assert_eq!(info.started, None);
     }
     assert_eq!(b.exitcode(), Some(-15));
     assert_eq!(k.exitcode(), Some(-9));
@@ -211,7 +211,7 @@ async fn selectors_pick_the_node_and_an_impossible_one_is_refused() {
     // Nothing was recorded for the refused starts.
     let all = c.list(true).await.unwrap();
     assert_eq!(all.len(), 7, "{all:?}");
-    assert!(all.iter().all(|p| p.state == ProcessState::Stopped as i32));
+    assert!(all.iter().all(|p| p.state == ProcessState::Stopped));
 
     let out = tc.cli(&["run", "--node", "nosuch", "--", "true"]);
     assert_eq!(out.status.code(), Some(127));
@@ -309,8 +309,12 @@ async fn a_node_past_its_lease_is_lost_and_its_real_codes_come_back() {
     assert_eq!(p1.exitcode(), Some(7));
 
     let info = c.get(p2.id().unwrap()).await.unwrap();
-    assert_eq!(info.state, ProcessState::Started as i32);
-    assert_eq!(info.pid, p2_pid, "the same process, re-attached, not rerun");
+    assert_eq!(info.state, ProcessState::Started);
+    assert_eq!(
+        info.pid,
+        Some(p2_pid),
+        "the same process, re-attached, not rerun"
+    );
     assert_eq!(info.exitcode, None);
     // The old handle saw it lost; it asks again (see also the test below).
     assert!(p2.is_alive().await.unwrap());
@@ -346,7 +350,7 @@ async fn is_alive_after_a_lost_node_comes_back() {
     assert_eq!(p.state(), Some(ProcessState::Lost));
     tc.start_agent("node-a", 1, &[]);
     let info = c.get(p.id().unwrap()).await.unwrap();
-    assert_eq!(info.state, ProcessState::Started as i32);
+    assert_eq!(info.state, ProcessState::Started);
 
     let alive = p.is_alive().await.unwrap();
     // Clean up before asserting.

@@ -101,7 +101,7 @@ async fn map_imap_and_the_initializer_across_two_agents() {
     let nodes: BTreeSet<&str> = ws.iter().map(|w| w.node.as_str()).collect();
     assert_eq!(nodes, BTreeSet::from(["node-a", "node-b"]));
     for w in &ws {
-        assert_eq!(w.state, ProcessState::Stopped as i32, "{w:?}");
+        assert_eq!(w.state, ProcessState::Stopped, "{w:?}");
         assert_eq!(w.exitcode, Some(0), "{w:?}");
         assert!(w.daemon && w.name.starts_with("SpawnPoolWorker-"), "{w:?}");
     }
@@ -233,7 +233,7 @@ async fn a_task_that_kills_its_worker_fails_with_worker_lost_and_the_rest_comple
     let ws = workers(&c, pool.id()).await;
     let killed: Vec<&ProcessInfo> = ws.iter().filter(|w| w.exitcode == Some(-9)).collect();
     assert_eq!(killed.len(), 1, "{ws:?}");
-    assert_ne!(killed[0].pid as u32, pid);
+    assert_ne!(killed[0].pid.unwrap() as u32, pid);
     // The pool replaced the dead worker and goes on.
     let v: Vec<i64> = pool.map("square", 0..10i64, None).await.unwrap();
     assert_eq!(v.len(), 10);
@@ -289,16 +289,16 @@ async fn terminate_stops_every_worker_within_two_seconds() {
     let ws = workers(&c, pool.id()).await;
     assert_eq!(ws.len(), 4);
     for w in &ws {
-        assert_eq!(w.state, ProcessState::Stopped as i32, "{w:?}");
+        assert_eq!(w.state, ProcessState::Stopped, "{w:?}");
         assert_eq!(w.exitcode, Some(-15), "{w:?}");
         // Reaped by the node's launcher: nothing is left of it.
         assert!(
-            !std::path::Path::new(&format!("/proc/{}", w.pid)).exists()
-                || std::fs::read_to_string(format!("/proc/{}/cmdline", w.pid))
+            !std::path::Path::new(&format!("/proc/{}", w.pid.unwrap())).exists()
+                || std::fs::read_to_string(format!("/proc/{}/cmdline", w.pid.unwrap()))
                     .map(|c| !c.contains(WORKER))
                     .unwrap_or(true),
             "worker {} still exists",
-            w.pid
+            w.pid.unwrap()
         );
     }
     assert!(matches!(
@@ -470,7 +470,7 @@ async fn tasks_of_a_lost_node_run_again_on_another() {
     let ws = workers(&c, pool.id()).await;
     let lost: Vec<&ProcessInfo> = ws.iter().filter(|w| w.node == "node-b").collect();
     assert_eq!(lost.len(), 1, "{ws:?}");
-    assert_eq!(lost[0].state, ProcessState::Lost as i32);
+    assert_eq!(lost[0].state, ProcessState::Lost);
     pool.terminate().await.unwrap();
 }
 

@@ -157,7 +157,7 @@ async fn logs_and_environment() {
     let mut stream = p.logs(LogStream::Both, false).await.unwrap();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.unwrap();
-        if chunk.stream == LogStream::Stderr as i32 {
+        if chunk.stream == LogStream::Stderr {
             err.extend(chunk.data);
         } else {
             out.extend(chunk.data);

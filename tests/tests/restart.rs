@@ -44,7 +44,7 @@ async fn coordinator_sigkill_and_restart() {
 
     let c = tc.client().await;
     let finished = c.get(&finished_id).await.unwrap();
-    assert_eq!(finished.state, ProcessState::Stopped as i32);
+    assert_eq!(finished.state, ProcessState::Stopped);
     assert_eq!(finished.exitcode, Some(4));
 
     let mut pending = Process::attach(&c, &pending_id).await.unwrap();

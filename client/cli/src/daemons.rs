@@ -169,7 +169,7 @@ fn agent_config(
         data_dir,
         slots,
         labels,
-        launcher_cmd: mpctl::embedded::launcher_command()?,
+        launcher_cmd: mpctl_embedded::launcher_command()?,
         default_log_limit: node.log_limit,
         work_dir: match node.work_dir {
             Some(d) => d,

@@ -1,6 +1,20 @@
 //! A pool's stream to the coordinator: a forwarder that batches what the
 //! `Pool` sends (tasks of many calls go out in one message), and a receiver
 //! that routes each result to its call.
+//!
+//! Queues and what happens when one side is slow:
+//! - `Pool` → forwarder: unbounded, as CPython's `Pool._taskqueue`:
+//!   `apply_async` and `map_async` never block their caller, and what waits
+//!   there is the tasks the caller has already handed over.
+//! - forwarder → gRPC stream: bounded ([`IN_FLIGHT`] messages). When the
+//!   coordinator or the network is slower than the caller, the forwarder
+//!   waits for room (HTTP/2 flow control pushes back to here), and the tasks
+//!   queued behind merge into full-size batches instead of piling up as
+//!   small messages.
+//! - results: no queue. The receiver reads the stream as fast as it comes
+//!   and stores each result in its call, so a caller slow to read one call
+//!   (an `Imap` not iterated) never holds back the others; what it holds is
+//!   the results of tasks it submitted.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,7 +25,7 @@ use mpctl_proto::v1::{
     PoolEvent, PoolRequest, PoolTask, PoolTaskResult, SubmitTasks, TerminatePool,
 };
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::call::Call;
 use super::PoolError;
@@ -21,6 +35,9 @@ use crate::cluster::Cluster;
 pub const MAX_MESSAGE: usize = 64 << 20;
 /// Tasks are merged into messages of about this size.
 const BATCH_BYTES: usize = 1 << 20;
+/// Messages (batches of about [`BATCH_BYTES`], or a control message) queued
+/// for the gRPC stream before the forwarder waits.
+pub const IN_FLIGHT: usize = 4;
 
 pub(crate) enum ToPool {
     Tasks(Vec<PoolTask>),
@@ -98,15 +115,16 @@ fn status_error(s: tonic::Status) -> PoolError {
 
 impl Session {
     pub async fn open(cluster: &Cluster, spec: CreatePool) -> Result<Session, PoolError> {
-        let (req_tx, req_rx) = mpsc::unbounded_channel();
-        let _ = req_tx.send(PoolRequest {
+        let (req_tx, req_rx) = mpsc::channel(IN_FLIGHT);
+        // The channel is empty: the first message always fits.
+        let _ = req_tx.try_send(PoolRequest {
             msg: Some(pool_request::Msg::Create(spec)),
         });
         let mut client = PoolManagerClient::new(cluster.channel())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let mut inbound = client
-            .session(UnboundedReceiverStream::new(req_rx))
+            .session(ReceiverStream::new(req_rx))
             .await
             .map_err(status_error)?
             .into_inner();
@@ -184,22 +202,30 @@ impl Session {
     }
 }
 
+/// Sends `pending` as one message (if any); false once the stream is gone.
+async fn flush(
+    out: &mpsc::Sender<PoolRequest>,
+    pending: &mut Vec<PoolTask>,
+    bytes: &mut usize,
+) -> bool {
+    *bytes = 0;
+    if pending.is_empty() {
+        return true;
+    }
+    out.send(PoolRequest {
+        msg: Some(pool_request::Msg::Submit(SubmitTasks {
+            tasks: std::mem::take(pending),
+        })),
+    })
+    .await
+    .is_ok()
+}
+
 /// Sends what the pool asks for, merging queued tasks into large messages.
-async fn forward(mut rx: mpsc::UnboundedReceiver<ToPool>, out: mpsc::UnboundedSender<PoolRequest>) {
+/// Waits for room on the stream (see the module's queue policy).
+async fn forward(mut rx: mpsc::UnboundedReceiver<ToPool>, out: mpsc::Sender<PoolRequest>) {
     let mut pending: Vec<PoolTask> = Vec::new();
     let mut bytes = 0usize;
-    let flush = |pending: &mut Vec<PoolTask>, bytes: &mut usize| {
-        *bytes = 0;
-        if pending.is_empty() {
-            return true;
-        }
-        out.send(PoolRequest {
-            msg: Some(pool_request::Msg::Submit(SubmitTasks {
-                tasks: std::mem::take(pending),
-            })),
-        })
-        .is_ok()
-    };
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         while let Some(msg) = next.take() {
@@ -208,8 +234,10 @@ async fn forward(mut rx: mpsc::UnboundedReceiver<ToPool>, out: mpsc::UnboundedSe
                     for t in tasks {
                         bytes += t.items.len() + 24;
                         pending.push(t);
-                        if bytes >= BATCH_BYTES || pending.len() >= 50_000 {
-                            flush(&mut pending, &mut bytes);
+                        if (bytes >= BATCH_BYTES || pending.len() >= 50_000)
+                            && !flush(&out, &mut pending, &mut bytes).await
+                        {
+                            return;
                         }
                     }
                     None
@@ -218,14 +246,15 @@ async fn forward(mut rx: mpsc::UnboundedReceiver<ToPool>, out: mpsc::UnboundedSe
                 ToPool::Terminate => Some(pool_request::Msg::Terminate(TerminatePool {})),
             };
             if let Some(c) = control {
-                flush(&mut pending, &mut bytes);
-                if out.send(PoolRequest { msg: Some(c) }).is_err() {
+                if !flush(&out, &mut pending, &mut bytes).await
+                    || out.send(PoolRequest { msg: Some(c) }).await.is_err()
+                {
                     return;
                 }
             }
             next = rx.try_recv().ok();
         }
-        if !flush(&mut pending, &mut bytes) {
+        if !flush(&out, &mut pending, &mut bytes).await {
             return;
         }
     }

@@ -163,7 +163,7 @@ async fn run_on(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<i32> {
         tokio::select! {
             chunk = logs.message() => match chunk {
                 Ok(Some(c)) => {
-                    let ok = if c.stream == LogStream::Stderr as i32 {
+                    let ok = if c.stream == LogStream::Stderr {
                         std::io::stderr().write_all(&c.data).is_ok()
                     } else {
                         let mut out = std::io::stdout();
@@ -174,8 +174,12 @@ async fn run_on(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<i32> {
                     }
                 }
                 Ok(None) => break,
-                Err(status) => {
-                    eprintln!("mpctl: output stream interrupted: {}", status.message());
+                Err(e) => {
+                    let reason = match e {
+                        Error::Rpc { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    eprintln!("mpctl: output stream interrupted: {reason}");
                     break;
                 }
             },
@@ -208,7 +212,10 @@ async fn run_on(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<i32> {
             EXIT_MPCTL
         }
         (Some(ProcessState::Failed), _) => {
-            eprintln!("mpctl: start error: {}", info.start_error);
+            eprintln!(
+                "mpctl: start error: {}",
+                info.start_error.as_deref().unwrap_or_default()
+            );
             EXIT_START_ERROR
         }
         _ => EXIT_MPCTL,

@@ -3,15 +3,19 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use mpctl_proto::v1 as proto;
 use mpctl_proto::v1::{
-    CommandTarget, FunctionTarget, JoinRequest, LogStream, LogsRequest, Placement, ProcessInfo,
-    ProcessState, SignalRequest, StartMethod, StartRequest, WaitMode, WaitRequest,
+    CommandTarget, FunctionTarget, JoinRequest, LogsRequest, Placement, SignalRequest,
+    StartRequest, WaitMode, WaitRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
+use crate::logs::Logs;
+use crate::status::{LogStream, ProcessInfo, ProcessState, StartMethod};
+use crate::wire;
 
 /// A process of the cluster: built, then started, joined, signalled.
 ///
@@ -66,14 +70,6 @@ fn millis(d: Option<Duration>) -> Option<u64> {
     d.map(|d| d.as_millis().min(u64::MAX as u128) as u64)
 }
 
-/// Is this state final for a sentinel?
-pub fn is_settled(state: ProcessState) -> bool {
-    matches!(
-        state,
-        ProcessState::Stopped | ProcessState::Failed | ProcessState::Lost
-    )
-}
-
 impl Process {
     /// A process that will run `argv` (a command target), not yet started.
     pub fn new<I, S>(cluster: &Cluster, argv: I) -> Process
@@ -91,7 +87,7 @@ impl Process {
                     cwd: String::new(),
                 }),
                 placement: Some(Placement::default()),
-                start_method: StartMethod::Spawn as i32,
+                start_method: proto::StartMethod::Spawn as i32,
                 parent_id: parent_id(),
                 ..Default::default()
             },
@@ -123,7 +119,7 @@ impl Process {
                     ..Default::default()
                 }),
                 placement: Some(Placement::default()),
-                start_method: StartMethod::Spawn as i32,
+                start_method: proto::StartMethod::Spawn as i32,
                 parent_id: parent_id(),
                 ..Default::default()
             },
@@ -135,9 +131,10 @@ impl Process {
     /// How the node starts the process (default spawn). Forkserver starts
     /// function targets by forking a server of their program that ran its
     /// preload hooks once (see [`Process::preload`]); for commands the node's
-    /// launcher plays the server. Fork is not available yet.
+    /// launcher plays the server. Fork forks this (managed) process on its
+    /// own node.
     pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.request.start_method = method as i32;
+        self.request.start_method = wire::start_method_wire(method);
         self
     }
 
@@ -291,13 +288,13 @@ impl Process {
         if self.info.is_some() {
             return Err(Error::AlreadyStarted);
         }
-        if self.request.start_method == StartMethod::Fork as i32 {
+        if self.request.start_method == proto::StartMethod::Fork as i32 {
             return self.start_fork().await;
         }
         let response = self.cluster.api().start(self.request.clone()).await;
         match response {
             Ok(r) => {
-                self.info = r.into_inner().process;
+                self.info = r.into_inner().process.map(wire::process_info).transpose()?;
                 Ok(())
             }
             Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(Error::Start {
@@ -361,11 +358,11 @@ impl Process {
         let pid = fork::start(prep, limits).map_err(|message| Error::Start {
             message: format!("cannot fork {}: {message}", info.name),
         })?;
-        self.info = Some(ProcessInfo {
+        self.info = Some(wire::process_info(proto::ProcessInfo {
             pid,
-            state: ProcessState::Started as i32,
+            state: proto::ProcessState::Started as i32,
             ..info
-        });
+        })?);
         Ok(())
     }
 
@@ -383,7 +380,9 @@ impl Process {
             .await
             .map_err(|s| Error::rpc("join", &id, s))?
             .into_inner();
-        self.info = r.process.or(self.info.take());
+        if let Some(info) = r.process {
+            self.info = Some(wire::process_info(info)?);
+        }
         Ok(())
     }
 
@@ -395,12 +394,12 @@ impl Process {
         };
         self.check_open()?;
         // Stopped and failed are final; a lost process may come back.
-        if matches!(state_of(info), ProcessState::Stopped | ProcessState::Failed) {
+        if matches!(info.state, ProcessState::Stopped | ProcessState::Failed) {
             return Ok(false);
         }
         let id = info.id.clone();
         let fresh = self.cluster.get(&id).await?;
-        let alive = !is_settled(state_of(&fresh)) && state_of(&fresh) != ProcessState::Queued;
+        let alive = !fresh.state.is_settled() && fresh.state != ProcessState::Queued;
         self.info = Some(fresh);
         Ok(alive)
     }
@@ -409,12 +408,12 @@ impl Process {
     pub fn exitcode(&self) -> Option<i32> {
         self.info
             .as_ref()
-            .filter(|i| state_of(i) == ProcessState::Stopped)
+            .filter(|i| i.state == ProcessState::Stopped)
             .and_then(|i| i.exitcode)
     }
 
     pub fn pid(&self) -> Option<i32> {
-        self.info.as_ref().map(|i| i.pid).filter(|p| *p != 0)
+        self.info.as_ref().and_then(|i| i.pid)
     }
 
     /// Cluster-unique id, once started.
@@ -431,7 +430,7 @@ impl Process {
     }
 
     pub fn state(&self) -> Option<ProcessState> {
-        self.info.as_ref().map(state_of)
+        self.info.as_ref().map(|i| i.state)
     }
 
     /// The last state seen from the coordinator.
@@ -452,7 +451,9 @@ impl Process {
         } else {
             api.terminate(req).await
         };
-        self.info = Some(r.map_err(|s| Error::rpc(op, &id, s))?.into_inner());
+        self.info = Some(wire::process_info(
+            r.map_err(|s| Error::rpc(op, &id, s))?.into_inner(),
+        )?);
         Ok(())
     }
 
@@ -495,27 +496,21 @@ impl Process {
     }
 
     /// Output of the process; with `follow`, until it stops and is drained.
-    pub async fn logs(
-        &self,
-        stream: LogStream,
-        follow: bool,
-    ) -> Result<tonic::Streaming<mpctl_proto::v1::LogChunk>> {
+    pub async fn logs(&self, stream: LogStream, follow: bool) -> Result<Logs> {
         let id = self.started("read the output of")?.id.clone();
-        self.cluster
+        let inner = self
+            .cluster
             .api()
             .logs(LogsRequest {
                 id: id.clone(),
-                stream: stream as i32,
+                stream: proto::LogStream::from(stream) as i32,
                 follow,
             })
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| Error::rpc("logs", &id, s))
+            .map_err(|s| Error::rpc("logs", &id, s))?
+            .into_inner();
+        Ok(Logs::new(id, inner))
     }
-}
-
-fn state_of(info: &ProcessInfo) -> ProcessState {
-    ProcessState::try_from(info.state).unwrap_or(ProcessState::Unspecified)
 }
 
 /// Like `multiprocessing.connection.wait`: blocks until at least one sentinel

@@ -1,12 +1,19 @@
-//! The embedded cluster: a coordinator and one agent (`local`) inside this
-//! process, used when no cluster is configured, so `mpctl run -- echo hi`
-//! works on a fresh machine.
+//! `mpctl-embedded`: the embedded cluster, a coordinator and one agent
+//! (`local`) inside this process, used when no cluster is configured, so
+//! `mpctl run -- echo hi` and `Cluster::from_env()` work on a fresh machine.
+//!
+//! Its own crate so that only what embeds a cluster compiles the coordinator
+//! (and its SQLite) and the agent: the SDK pulls it in with its default
+//! feature `embedded`, the CLI always. It depends on neither of them; the
+//! node launcher it needs is the `mpctl` binary ([`launcher_command`]).
 //!
 //! State lives in one data directory and outlives the process: processes
 //! started by `mpctl submit` keep running under the node's launcher, and the
 //! next command's embedded coordinator finds them (and their exits) again.
 //! One command at a time uses a data directory (a lock file guards it); for
 //! several at once, run `mpctl dev`.
+
+#![forbid(unsafe_code)]
 
 use std::fs::File;
 use std::io::Write;
@@ -22,7 +29,12 @@ use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Result};
+/// Why the embedded cluster could not start; the message says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct EmbeddedError(pub String);
+
+type Result<T, E = EmbeddedError> = std::result::Result<T, E>;
 
 /// The embedded parts talk over loopback with the full handshake; the key is
 /// made fresh for each command and never leaves this process.
@@ -44,7 +56,7 @@ pub fn launcher_command() -> Result<Vec<std::ffi::OsString>> {
         return Ok(vec![p, "launcher".into()]);
     }
     let exe = std::env::current_exe()
-        .map_err(|e| Error::Embedded(format!("cannot find this program's path: {e}")))?;
+        .map_err(|e| EmbeddedError(format!("cannot find this program's path: {e}")))?;
     let mut candidates: Vec<PathBuf> = Vec::new();
     if exe.file_name().is_some_and(|n| n == "mpctl") {
         candidates.push(exe.clone());
@@ -63,7 +75,7 @@ pub fn launcher_command() -> Result<Vec<std::ffi::OsString>> {
         .find(|p| p.is_file())
         .map(|p| vec![p.into_os_string(), "launcher".into()])
         .ok_or_else(|| {
-            Error::Embedded(
+            EmbeddedError(
                 "cannot find the `mpctl` program to run the node launcher; put it on PATH or set MPCTL_LAUNCHER".into(),
             )
         })
@@ -71,7 +83,7 @@ pub fn launcher_command() -> Result<Vec<std::ffi::OsString>> {
 
 fn lock(data_dir: &Path) -> Result<Flock<File>> {
     std::fs::create_dir_all(data_dir)
-        .map_err(|e| Error::Embedded(format!("cannot create {}: {e}", data_dir.display())))?;
+        .map_err(|e| EmbeddedError(format!("cannot create {}: {e}", data_dir.display())))?;
     let path = data_dir.join("embedded.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -80,7 +92,7 @@ fn lock(data_dir: &Path) -> Result<Flock<File>> {
         .write(true)
         .mode(0o600)
         .open(&path)
-        .map_err(|e| Error::Embedded(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| EmbeddedError(format!("cannot open {}: {e}", path.display())))?;
     match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(mut lock) => {
             let _ = lock.set_len(0);
@@ -89,7 +101,7 @@ fn lock(data_dir: &Path) -> Result<Flock<File>> {
         }
         Err((_, _)) => {
             let holder = std::fs::read_to_string(&path).unwrap_or_default();
-            Err(Error::Embedded(format!(
+            Err(EmbeddedError(format!(
                 "the embedded cluster in {} is in use by another mpctl command (pid {}); embedded commands run one at a time. To use several at once, start `mpctl dev` in another terminal",
                 data_dir.display(),
                 holder.trim()
@@ -104,8 +116,7 @@ impl Embedded {
         let lock = lock(data_dir)?;
         let key_bytes = {
             let mut b = [0u8; 32];
-            getrandom::fill(&mut b)
-                .map_err(|e| Error::Embedded(format!("no OS randomness: {e}")))?;
+            getrandom::fill(&mut b).map_err(|e| EmbeddedError(format!("no OS randomness: {e}")))?;
             b
         };
         let coordinator = Coordinator::start(CoordinatorConfig {
@@ -116,7 +127,7 @@ impl Embedded {
             timings: Timings::default(),
         })
         .await
-        .map_err(|e| Error::Embedded(e.to_string()))?;
+        .map_err(|e| EmbeddedError(e.to_string()))?;
         let addr = coordinator.local_addr();
         let config = AgentConfig {
             server: addr.to_string(),
@@ -147,7 +158,7 @@ impl Embedded {
                 "the agent did not register within 10 s".into()
             };
             let _ = coordinator.shutdown().await;
-            return Err(Error::Embedded(why));
+            return Err(EmbeddedError(why));
         }
         Ok((
             Embedded {

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mpctl_proto::v1::{CreatePool, Limits, Placement, PoolTask, StartMethod};
+use mpctl_proto::v1::{CreatePool, Limits, Placement, PoolTask};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -38,6 +38,8 @@ pub use call::{AsyncResult, Imap};
 pub use error::PoolError;
 
 use crate::cluster::Cluster;
+use crate::status::StartMethod;
+use crate::wire::start_method_wire;
 use call::{decode_list, decode_single, Call, Done};
 use session::{Session, ToPool};
 
@@ -84,7 +86,7 @@ impl PoolBuilder {
 
     /// Spawn (default) or forkserver; fork cannot cross to a node.
     pub fn start_method(mut self, m: StartMethod) -> Self {
-        self.spec.start_method = m as i32;
+        self.spec.start_method = start_method_wire(m);
         self
     }
 
@@ -238,7 +240,7 @@ impl Pool {
                 processes: std::thread::available_parallelism()
                     .map(|n| n.get() as u32)
                     .unwrap_or(1),
-                start_method: StartMethod::Spawn as i32,
+                start_method: start_method_wire(StartMethod::Spawn),
                 ..Default::default()
             },
             program: None,

@@ -1,12 +1,26 @@
-//! The worker runtime: how a program serves function targets, the analogue of
-//! `Process(target=f, args=...)`.
+//! `mpctl-runtime`: the child side of mpctl, how a program serves function
+//! targets (the analogue of `Process(target=f, args=...)`). It runs in the
+//! managed process on its node, after the launcher started it.
+//!
+//! Dependencies go one way: the SDK (`mpctl`) depends on this crate, never
+//! the reverse. The runtime speaks only the node contract (preparation data,
+//! descriptors, the forkserver and adoption sockets) and uses no async
+//! runtime and no gRPC client (it still links them, through `mpctl-proto`
+//! and `mpctl-transport`, until the node contract has a crate of its own);
+//! the SDK needs it for the fork start method (it forks
+//! the caller through [`fork`]) and to know whether this process is managed
+//! ([`current_process`], the credentials its own children are started with).
+//! A function target that starts processes itself links the SDK too; the
+//! SDK re-exports this crate as `mpctl::runtime`.
 //!
 //! A program registers functions by name and calls [`Runtime::init`] early in
 //! `main`. Started by an agent as a function target, `init` runs the
 //! [`bootstrap`]: it reads the preparation data, runs the named function with
 //! its decoded argument, writes the JSON result back and exits with CPython's
 //! code; it never returns. Started any other way, `init` returns and the
-//! program goes on as usual.
+//! program goes on as usual. Modules: `bootstrap` (spawn, and the common
+//! part of every start method), `forkserver`, [`fork`], `pool_worker`, and
+//! `sys` (the OS calls).
 //!
 //! ```no_run
 //! fn add((a, b): (i64, i64)) -> i64 {
@@ -14,14 +28,14 @@
 //! }
 //!
 //! fn main() {
-//!     mpctl::runtime::Runtime::new().function("add", add).init();
+//!     mpctl_runtime::Runtime::new().function("add", add).init();
 //!     // ... the program's own work, e.g. starting `add` on the cluster with
 //!     // mpctl::Process::function(&cluster, "add", &(2, 3))
 //! }
 //! ```
 
 mod bootstrap;
-pub(crate) mod fork;
+pub mod fork;
 mod forkserver;
 mod pool_worker;
 mod sys;
@@ -76,7 +90,7 @@ fn set_current(me: CurrentProcess) {
 static AUTHKEY: OnceLock<mpctl_transport::AuthKey> = OnceLock::new();
 
 /// The coordinator and key a managed process uses to start its own children.
-pub(crate) fn cluster_credentials() -> Option<(
+pub fn cluster_credentials() -> Option<(
     String,
     &'static mpctl_transport::AuthKey,
     mpctl_transport::Security,

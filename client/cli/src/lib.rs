@@ -1,7 +1,17 @@
-//! Command-line parsing and dispatch. Each group of commands has its module:
-//! [`run`] (run, submit), [`query`] (ps, inspect, join, wait, terminate, kill,
-//! logs, agents), [`map`] (command pools), [`daemons`] (dev, server, agent, keygen, launcher), with
-//! [`output`] for tables and JSON.
+//! `mpctl-cli`: the `mpctl` command-line tool (the binary is `src/main.rs`),
+//! built on the SDK. It runs on the user's machine, or as the daemons it
+//! starts: `mpctl dev`, `server`, `agent`, and the node `launcher`.
+//!
+//! Command-line parsing and dispatch live here; each group of commands has
+//! its module: [`run`] (run, submit), [`query`] (ps, inspect, join, wait,
+//! terminate, kill, logs, agents), [`map`] (command pools), [`daemons`]
+//! (dev, server, agent, keygen, launcher), with [`output`] for tables and
+//! JSON. This crate alone holds clap, indicatif, anyhow and
+//! tracing-subscriber; the embedded cluster (`mpctl-embedded`) and the
+//! daemons (`mpctl-server`, `mpctl-agent`) are linked here and, for the
+//! embedded cluster, through the SDK's `embedded` feature.
+
+#![forbid(unsafe_code)]
 
 mod daemons;
 pub mod map;

@@ -5,13 +5,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
-use mpctl::proto::{ListRequest, ProcessInfo};
-use mpctl::{Error, LogStream, Process, ProcessState};
+use mpctl::{Error, LogStream, Process, ProcessInfo, ProcessState};
 use serde_json::Value;
 
 use super::output::{
-    age, agent_json, agent_state_name, command_text, exitcode_text, print_json, process_json,
-    state_name, table,
+    age, agent_json, command_text, exitcode_text, print_json, process_json, table,
 };
 use super::{exit_status, Format, Global, EXIT_MPCTL, EXIT_START_ERROR, EXIT_TIMEOUT};
 
@@ -108,14 +106,10 @@ fn process_row(p: &ProcessInfo) -> Vec<String> {
         } else {
             p.node.clone()
         },
-        if p.pid == 0 {
-            "-".into()
-        } else {
-            p.pid.to_string()
-        },
-        state_name(p.state).into(),
+        p.pid.map_or_else(|| "-".into(), |pid| pid.to_string()),
+        p.state.as_str().into(),
         exitcode_text(p),
-        age(p.created_unix_ms),
+        age(p.created),
         command_text(&p.argv),
     ]
 }
@@ -123,15 +117,10 @@ fn process_row(p: &ProcessInfo) -> Vec<String> {
 pub async fn ps(g: &Global, a: PsArgs) -> anyhow::Result<i32> {
     let cluster = g.cluster().await?;
     let list = cluster
-        .api()
-        .list(ListRequest {
-            all: a.all,
-            node: a.node.unwrap_or_default(),
-        })
-        .await
-        .map_err(|s| Error::rpc("list", "", s));
+        .list_on(a.node.as_deref().unwrap_or_default(), a.all)
+        .await;
     cluster.close().await;
-    let list = list?.into_inner().processes;
+    let list = list?;
     match a.format.output {
         Format::Json => print_json(&Value::Array(list.iter().map(process_json).collect())),
         Format::Table => table(
@@ -184,19 +173,23 @@ pub async fn inspect(g: &Global, a: IdsArgs) -> anyhow::Result<i32> {
 
 /// The exit status that reports a settled process the way `run` does.
 fn settled_status(p: &ProcessInfo) -> i32 {
-    match ProcessState::try_from(p.state) {
-        Ok(ProcessState::Stopped) => exit_status(p.exitcode.unwrap_or(0)),
-        Ok(ProcessState::Failed) => EXIT_START_ERROR,
+    match p.state {
+        ProcessState::Stopped => exit_status(p.exitcode.unwrap_or(0)),
+        ProcessState::Failed => EXIT_START_ERROR,
         _ => EXIT_MPCTL,
     }
 }
 
 fn describe(p: &ProcessInfo) -> String {
-    match ProcessState::try_from(p.state) {
-        Ok(ProcessState::Stopped) => format!("{} stopped, exitcode {}", p.id, exitcode_text(p)),
-        Ok(ProcessState::Failed) => format!("{} failed to start: {}", p.id, p.start_error),
-        Ok(ProcessState::Lost) => format!("{} lost with its node {}", p.id, p.node),
-        _ => format!("{} {}", p.id, state_name(p.state)),
+    match p.state {
+        ProcessState::Stopped => format!("{} stopped, exitcode {}", p.id, exitcode_text(p)),
+        ProcessState::Failed => format!(
+            "{} failed to start: {}",
+            p.id,
+            p.start_error.as_deref().unwrap_or_default()
+        ),
+        ProcessState::Lost => format!("{} lost with its node {}", p.id, p.node),
+        _ => format!("{} {}", p.id, p.state),
     }
 }
 
@@ -210,17 +203,11 @@ pub async fn join(g: &Global, a: JoinArgs) -> anyhow::Result<i32> {
     .await;
     cluster.close().await;
     let info = result?;
-    let settled = mpctl::process::is_settled(
-        ProcessState::try_from(info.state).unwrap_or(ProcessState::Unspecified),
-    );
+    let settled = info.state.is_settled();
     match a.format.output {
         Format::Json => print_json(&process_json(&info)),
         Format::Table if settled => println!("{}", describe(&info)),
-        Format::Table => println!(
-            "{} still {} after the timeout",
-            info.id,
-            state_name(info.state)
-        ),
+        Format::Table => println!("{} still {} after the timeout", info.id, info.state),
     }
     Ok(if settled {
         settled_status(&info)
@@ -303,12 +290,8 @@ pub async fn logs(g: &Global, a: LogsArgs) -> anyhow::Result<i32> {
     let result = async {
         let p = Process::attach(&cluster, &a.id).await?;
         let mut stream = p.logs(which, a.follow).await?;
-        while let Some(chunk) = stream
-            .message()
-            .await
-            .map_err(|s| Error::rpc("logs", &a.id, s))?
-        {
-            let written = if chunk.stream == LogStream::Stderr as i32 {
+        while let Some(chunk) = stream.message().await? {
+            let written = if chunk.stream == LogStream::Stderr {
                 std::io::stderr().write_all(&chunk.data)
             } else {
                 let mut out = std::io::stdout();
@@ -351,7 +334,7 @@ pub async fn agents(g: &Global, a: FormatArgs) -> anyhow::Result<i32> {
                     labels.sort();
                     vec![
                         x.name.clone(),
-                        agent_state_name(x.state).into(),
+                        x.state.as_str().into(),
                         x.slots.to_string(),
                         x.used.to_string(),
                         if labels.is_empty() {
@@ -359,7 +342,7 @@ pub async fn agents(g: &Global, a: FormatArgs) -> anyhow::Result<i32> {
                         } else {
                             labels.join(",")
                         },
-                        age(x.last_seen_unix_ms),
+                        age(x.last_seen),
                         x.hostname.clone(),
                     ]
                 })

@@ -3,14 +3,15 @@
 use std::sync::Arc;
 
 use mpctl_proto::v1::{
-    process_manager_client::ProcessManagerClient, AgentInfo, GetRequest, ListAgentsRequest,
-    ListRequest, ProcessInfo,
+    process_manager_client::ProcessManagerClient, GetRequest, ListAgentsRequest, ListRequest,
 };
 use mpctl_transport::{AuthKey, Role, Security};
 use tonic::transport::Channel;
 
 use crate::config::{ClusterConfig, Overrides};
 use crate::error::{Error, Result};
+use crate::status::{AgentInfo, ProcessInfo};
+use crate::wire;
 
 /// A handle on a cluster; cheap to clone. Every [`crate::Process`] belongs to one.
 #[derive(Clone)]
@@ -18,7 +19,7 @@ pub struct Cluster {
     channel: Channel,
     api: ProcessManagerClient<Channel>,
     #[cfg(feature = "embedded")]
-    embedded: Option<Arc<tokio::sync::Mutex<Option<crate::embedded::Embedded>>>>,
+    embedded: Option<Arc<tokio::sync::Mutex<Option<mpctl_embedded::Embedded>>>>,
     #[cfg(not(feature = "embedded"))]
     embedded: Option<Arc<()>>,
 }
@@ -40,7 +41,7 @@ impl Cluster {
     /// coordinator and agent in this process.
     pub async fn from_env() -> Result<Cluster> {
         if std::env::var_os("MPCTL_ADDR").is_none() {
-            if let Some((addr, key, security)) = crate::runtime::cluster_credentials() {
+            if let Some((addr, key, security)) = mpctl_runtime::cluster_credentials() {
                 return Cluster::connect(&addr, key, security).await;
             }
         }
@@ -59,9 +60,11 @@ impl Cluster {
             }
             #[cfg(feature = "embedded")]
             ClusterConfig::Embedded { data_dir } => {
-                let (embedded, addr, key) = crate::embedded::Embedded::start(&data_dir).await?;
+                let (embedded, addr, key) = mpctl_embedded::Embedded::start(&data_dir)
+                    .await
+                    .map_err(|e| Error::Embedded(e.to_string()))?;
                 let mut cluster =
-                    Cluster::connect(&addr.to_string(), &key, crate::embedded::SECURITY).await?;
+                    Cluster::connect(&addr.to_string(), &key, mpctl_embedded::SECURITY).await?;
                 cluster.embedded = Some(Arc::new(tokio::sync::Mutex::new(Some(embedded))));
                 Ok(cluster)
             }
@@ -99,30 +102,43 @@ impl Cluster {
     }
 
     pub async fn get(&self, id: &str) -> Result<ProcessInfo> {
-        self.api()
+        let info = self
+            .api()
             .get(GetRequest { id: id.to_owned() })
             .await
-            .map(|r| r.into_inner())
-            .map_err(|s| Error::rpc("get", id, s))
+            .map_err(|s| Error::rpc("get", id, s))?
+            .into_inner();
+        wire::process_info(info)
     }
 
     /// Processes not yet stopped, or all of them.
     pub async fn list(&self, all: bool) -> Result<Vec<ProcessInfo>> {
-        self.api()
+        self.list_on("", all).await
+    }
+
+    /// [`Cluster::list`] for the processes on one node (`""`: every node).
+    pub async fn list_on(&self, node: &str, all: bool) -> Result<Vec<ProcessInfo>> {
+        let list = self
+            .api()
             .list(ListRequest {
                 all,
-                node: String::new(),
+                node: node.to_owned(),
             })
             .await
-            .map(|r| r.into_inner().processes)
-            .map_err(|s| Error::rpc("list", "", s))
+            .map_err(|s| Error::rpc("list", "", s))?
+            .into_inner()
+            .processes;
+        wire::process_infos(list)
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentInfo>> {
-        self.api()
+        let agents = self
+            .api()
             .list_agents(ListAgentsRequest {})
             .await
-            .map(|r| r.into_inner().agents)
-            .map_err(|s| Error::rpc("list agents", "", s))
+            .map_err(|s| Error::rpc("list agents", "", s))?
+            .into_inner()
+            .agents;
+        agents.into_iter().map(wire::agent_info).collect()
     }
 }
