@@ -22,12 +22,11 @@
 pub mod agent_service;
 pub mod core;
 pub mod daemon;
-pub mod placement;
 pub mod pool;
 pub mod process_service;
 pub mod store;
-pub mod table;
 pub mod validate;
+pub mod wire;
 
 pub use crate::core::Timings;
 pub use daemon::{Coordinator, CoordinatorConfig, ServerError};

@@ -13,14 +13,16 @@ use std::sync::Arc;
 use mpctl_proto::v1::{
     coordinator_message::Msg as ToAgent, pool_event, CreatePool, FunctionTarget, PoolErrorKind,
     PoolEvent, PoolFinished, PoolResults, PoolTask, PoolTaskResult, PoolTasks, PoolWorkerStop,
-    PoolWorkerTarget, ProcessInfo, ProcessState, StartMethod, StartRequest,
+    PoolWorkerTarget, StartMethod, StartRequest,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tonic::Status;
 
 use super::schedule::{self, Limits, Schedule, Worker};
 use super::Pools;
+use crate::core::model::{Proc, ProcState};
 use crate::core::Core;
+use crate::wire;
 
 /// The largest number of tasks a pool holds queued.
 pub const MAX_QUEUED: usize = 1_000_000;
@@ -35,7 +37,7 @@ pub enum Event {
     Terminate,
     /// The client's request stream ended: a pool still running is terminated.
     ClientEof,
-    WorkerStarted(ProcessInfo),
+    WorkerStarted(Proc),
     WorkerStartFailed(String),
     WorkerReady {
         node: String,
@@ -49,7 +51,7 @@ pub enum Event {
         process_id: String,
         message: String,
     },
-    WorkerExited(ProcessInfo),
+    WorkerExited(Proc),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -258,14 +260,13 @@ impl Driver {
         self.terminate(PoolErrorKind::PoolBroken, &why);
     }
 
-    fn worker_exited(&mut self, info: ProcessInfo) {
+    fn worker_exited(&mut self, info: Proc) {
         self.live.remove(&info.id);
         let was_ready = self.schedule.workers.get(&info.id).is_some_and(|w| w.ready);
         let exitcode = info.exitcode;
         let failed = self.schedule.worker_exited(&info.id, exitcode);
         self.results.extend(failed);
-        let state = ProcessState::try_from(info.state).unwrap_or(ProcessState::Unspecified);
-        if state == ProcessState::Failed {
+        if info.state == ProcState::Failed {
             self.break_pool(format!(
                 "cannot start pool worker {}: {}",
                 info.name, info.start_error
@@ -371,7 +372,7 @@ impl Driver {
         let id = id.to_owned();
         tokio::spawn(async move {
             if let Err(e) = core.signal(&id, libc::SIGTERM, false).await {
-                tracing::warn!(process = %id, error = %e.message(), "cannot terminate pool worker");
+                tracing::warn!(process = %id, error = %e, "cannot terminate pool worker");
             }
         });
     }
@@ -383,10 +384,10 @@ impl Driver {
         let core = Arc::clone(&self.core);
         let events = self.events.clone();
         tokio::spawn(async move {
-            let info = match core.start_pool_worker(req).await {
+            let info = match core.start_pool_worker(wire::start_spec(req)).await {
                 Ok(info) => info,
-                Err(status) => {
-                    let _ = events.send(Event::WorkerStartFailed(status.message().to_owned()));
+                Err(e) => {
+                    let _ = events.send(Event::WorkerStartFailed(e.to_string()));
                     return;
                 }
             };
@@ -396,8 +397,8 @@ impl Driver {
                 Ok((info, _)) => {
                     let _ = events.send(Event::WorkerExited(info));
                 }
-                Err(status) => {
-                    tracing::error!(process = %id, error = %status.message(), "pool worker vanished from the table");
+                Err(e) => {
+                    tracing::error!(process = %id, error = %e, "pool worker vanished from the table");
                 }
             }
         });
