@@ -502,3 +502,45 @@ fn a_restored_table_keeps_its_indices() {
     assert_eq!(r.agent("n1").unwrap().used(), 1);
     assert_eq!(state(&r, "p2"), ProcState::Queued);
 }
+
+/// The shell around the transitions: a join wakes on its own process's
+/// change only. (This one has a store, in a temporary directory.)
+#[tokio::test(flavor = "current_thread")]
+async fn an_exit_wakes_only_the_joiners_of_that_process() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = crate::store::Store::open(&dir.path().join("state.db")).unwrap();
+    let core = super::Core::new(Table::new(1), store, super::Timings::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let g = core.register(reg("n1", 2), tx).await.unwrap();
+    let mut launched = Vec::new();
+    for _ in 0..2 {
+        let core2 = Arc::clone(&core);
+        let start = tokio::spawn(async move { core2.start(cmd(&["sleep", "9"])).await });
+        let msg = rx.recv().await.expect("a Launch after the commit");
+        let Some(mpctl_proto::v1::coordinator_message::Msg::Launch(l)) = msg.msg else {
+            panic!("expected a Launch, got {msg:?}");
+        };
+        core.launched("n1", &l.process_id, 100, T0_MS);
+        let p = start.await.unwrap().unwrap();
+        assert_eq!((p.state, p.pid), (ProcState::Started, 100));
+        launched.push(p.id);
+    }
+    let join = |id: String| {
+        let core = Arc::clone(&core);
+        tokio::spawn(async move { core.join(&id, None).await })
+    };
+    let (j1, j2) = (join(launched[0].clone()), join(launched[1].clone()));
+    while core.waited_on() < 2 {
+        tokio::task::yield_now().await;
+    }
+    core.exited("n1", g, exit(&launched[0], 5));
+    let (p, timed_out) = j1.await.unwrap().unwrap();
+    assert_eq!((p.exitcode, timed_out), (Some(5), false));
+    tokio::task::yield_now().await;
+    assert!(!j2.is_finished());
+    assert_eq!(core.waited_on(), 1, "only the other process is waited on");
+    core.exited("n1", g, exit(&launched[1], 6));
+    assert_eq!(j2.await.unwrap().unwrap().0.exitcode, Some(6));
+    assert_eq!(core.waited_on(), 0);
+}
