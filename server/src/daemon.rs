@@ -181,9 +181,8 @@ impl Coordinator {
             changes.borrow_and_update();
             let ready = self
                 .core
-                .agents()
-                .iter()
-                .any(|a| a.name == name && a.state == AgentState::Ready);
+                .agents(|a| a.name == name && a.state == AgentState::Ready)
+                .contains(&true);
             if ready {
                 return true;
             }

@@ -151,7 +151,7 @@ impl ProcessManager for ProcessService {
     ) -> Result<Response<ListAgentsResponse>, Status> {
         require_role(&req, Role::Client)?;
         Ok(Response::new(ListAgentsResponse {
-            agents: self.core.agents().iter().map(wire::agent_info).collect(),
+            agents: self.core.agents(wire::agent_info),
         }))
     }
 }

@@ -129,6 +129,12 @@ impl Core {
         }
     }
 
+    /// Each agent, as `view` shows it (under the lock, so nothing is copied
+    /// that the caller does not need).
+    pub fn agents<T>(&self, view: impl Fn(&Agent) -> T) -> Vec<T> {
+        self.lock().table.agents().values().map(view).collect()
+    }
+
     /// A receiver that sees every later change of the agent registry.
     pub fn agents_changed(&self) -> watch::Receiver<u64> {
         self.agents_changed.subscribe()

@@ -221,8 +221,4 @@ impl Core {
             let _ = pending.tx.send(answer);
         }
     }
-
-    pub fn agents(&self) -> Vec<Agent> {
-        self.lock().table.agents().values().cloned().collect()
-    }
 }
