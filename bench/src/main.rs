@@ -42,8 +42,8 @@ struct Cli {
     /// A fast smoke run: 2 rounds, few iterations, a small scale case
     #[arg(long)]
     quick: bool,
-    /// Run only these cases (numbers 1–5, comma-separated); the floor always runs
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=5))]
+    /// Run only these cases (numbers 1–6, comma-separated); the floor always runs
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
     only: Vec<u8>,
     #[command(subcommand)]
     mode: Option<Mode>,
@@ -443,6 +443,10 @@ async fn bench_all(
             canary(&mut s, r).await?;
             pool::round(&ctx, r, &mut s).await?;
         }
+        if case(6) {
+            canary(&mut s, r).await?;
+            notify::crowd_round(&ctx, r, &mut s).await?;
+        }
     }
     let mut rows: Vec<Row> = [
         ("canary", "fixed CPU work", "ms"),
@@ -474,6 +478,9 @@ async fn bench_all(
     if case(5) {
         eprintln!("mpctl-bench: scale (server + agent)");
         rows.extend(scale::run(&ctx).await?);
+    }
+    if case(6) {
+        rows.extend(notify::crowd_rows(&s));
     }
     Ok(rows)
 }

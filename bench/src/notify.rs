@@ -116,3 +116,123 @@ fn share(a: Side, b: Side) -> Side {
         (Side::Measured(_), other) | (other, _) => other,
     }
 }
+
+const CROWD_CASE: &str = "6 exit→join in a crowd";
+/// Other processes running, each with a joiner waiting, in the crowded half.
+const CROWD: usize = 1000;
+
+/// Case 6: the same exit→join latency as case 3, three times a round: with
+/// nothing else running; with [`CROWD`] other processes running; and with
+/// each of those also joined by a `join` waiting at the coordinator. A
+/// coordinator that wakes every waiter on every change pays for the
+/// joiners on each exit; one that wakes only the joiners of the process
+/// that exited does not, so joined ÷ running stays near 1. Running ÷
+/// nothing is what the other processes cost the node (agent, launcher).
+///
+/// The crowd's joins go over a connection of their own, so the measured
+/// join does not share its HTTP/2 connection with a thousand others.
+pub async fn crowd_round(ctx: &Ctx, r: usize, s: &mut Samples) -> Result<()> {
+    let n = ctx.n.notify.div_ceil(4);
+    let v = block(ctx, 100_000 + 3 * r, n).await?;
+    s.add("mpctl/notify:idle", r, v);
+    let others = crate::connect(&ctx.dev.addr, &ctx.dev.key).await?;
+    let mut crowd = Crowd::start(&others, CROWD).await?;
+    let running = block(ctx, 100_000 + 3 * r + 1, n).await;
+    let joined = match running {
+        Ok(v) => {
+            s.add("mpctl/notify:running", r, v);
+            crowd.join_all();
+            // Let the Join calls reach the coordinator and wait there.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            block(ctx, 100_000 + 3 * r + 2, n).await
+        }
+        Err(e) => Err(e),
+    };
+    crowd.stop(&others).await?;
+    s.add("mpctl/notify:joined", r, joined?);
+    Ok(())
+}
+
+/// Long sleepers, then each joined by a task of its own.
+struct Crowd {
+    procs: Vec<mpctl::Process>,
+    ids: Vec<String>,
+    joins: Vec<tokio::task::JoinHandle<mpctl::Result<Option<i32>>>>,
+}
+
+impl Crowd {
+    async fn start(cluster: &mpctl::Cluster, n: usize) -> Result<Crowd> {
+        use futures::{StreamExt, TryStreamExt};
+        let procs: Vec<mpctl::Process> = futures::stream::iter(0..n)
+            .map(|_| {
+                let mut p = mpctl::Process::new(cluster, ["sleep", "3600"]);
+                async move { p.start().await.map(|()| p) }
+            })
+            .buffer_unordered(100)
+            .try_collect()
+            .await?;
+        let ids = procs
+            .iter()
+            .map(|p| p.id().unwrap_or_default().to_owned())
+            .collect();
+        Ok(Crowd {
+            procs,
+            ids,
+            joins: Vec::new(),
+        })
+    }
+
+    /// A `join` on each, waiting.
+    fn join_all(&mut self) {
+        self.joins = std::mem::take(&mut self.procs)
+            .into_iter()
+            .map(|mut p| {
+                tokio::spawn(async move {
+                    p.join(None).await?;
+                    Ok(p.exitcode())
+                })
+            })
+            .collect();
+    }
+
+    async fn stop(self, cluster: &mpctl::Cluster) -> Result<()> {
+        use futures::StreamExt;
+        let killed: Vec<mpctl::Result<()>> = futures::stream::iter(&self.ids)
+            .map(|id| async move {
+                let mut p = mpctl::Process::attach(cluster, id).await?;
+                p.kill().await
+            })
+            .buffer_unordered(100)
+            .collect()
+            .await;
+        killed.into_iter().collect::<mpctl::Result<()>>()?;
+        for j in self.joins {
+            let code = j.await??;
+            ensure!(code == Some(-9), "a crowd process exited {code:?}, not -9");
+        }
+        Ok(())
+    }
+}
+
+pub fn crowd_rows(s: &Samples) -> Vec<Row> {
+    vec![
+        Row::new(
+            CROWD_CASE,
+            format!(
+                "{CROWD} others running, each joined vs not joined (the CPython columns: not joined)"
+            ),
+            "ms",
+        )
+        .ours(s.get("mpctl/notify:joined"))
+        .cpython(s.get("mpctl/notify:running"))
+        .blocks(1),
+        Row::new(
+            CROWD_CASE,
+            format!("{CROWD} others running, each joined vs none running (the CPython columns: none)"),
+            "ms",
+        )
+        .ours(s.get("mpctl/notify:joined"))
+        .cpython(s.get("mpctl/notify:idle"))
+        .blocks(1),
+    ]
+}

@@ -8,14 +8,18 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use mpctl_proto::v1::{
-    agent_message::Msg, agent_service_server::AgentService, AgentMessage, CoordinatorMessage,
+    agent_message::Msg, agent_service_server::AgentService, coordinator_message::Msg as ToAgent,
+    AgentMessage, CoordinatorMessage, Registered,
 };
 use mpctl_transport::{require_role, Role};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::core::logs::Chunk;
+use crate::core::model::SignalAnswer;
 use crate::core::Core;
 use crate::pool::{Event, Pools};
+use crate::{validate, wire};
 
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -49,9 +53,17 @@ impl AgentService for AgentSessions {
                 "the first message of an agent session must be Register",
             ));
         };
+        validate::register(&reg)?;
         let name = reg.name.clone();
+        // Unbounded: see `core::outbox` for why the channel to an agent is.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let generation = self.core.register(reg, tx).await?;
+        let _ = tx.send(CoordinatorMessage {
+            msg: Some(ToAgent::Registered(Registered {
+                heartbeat_interval_ms: self.core.timings.heartbeat.as_millis() as u64,
+                lease_ms: self.core.timings.lease.as_millis() as u64,
+            })),
+        });
+        let generation = self.core.register(wire::registration(reg), tx).await?;
         tracing::info!(agent = %name, remote = %peer.remote_addr, "agent session open");
         let core = Arc::clone(&self.core);
         let pools = Arc::clone(&self.pools);
@@ -94,9 +106,24 @@ fn handle(core: &Arc<Core>, pools: &Pools, agent: &str, generation: u64, msg: Ag
         }
         Some(Msg::Launched(l)) => core.launched(agent, &l.process_id, l.pid, l.at_unix_ms),
         Some(Msg::LaunchFailed(f)) => core.launch_failed(agent, &f.process_id, &f.error),
-        Some(Msg::Exited(e)) => core.exited(agent, generation, e),
-        Some(Msg::LogData(d)) => core.handle_log_data(d),
-        Some(Msg::Signaled(s)) => core.signaled(agent, s),
+        Some(Msg::Exited(e)) => core.exited(agent, generation, wire::exit_report(e)),
+        Some(Msg::LogData(d)) => core.log_data(
+            d.request_id,
+            Some(Chunk {
+                stream: wire::output_from(d.stream),
+                data: d.data,
+            }),
+            (!d.error.is_empty()).then_some(d.error),
+            d.eof,
+        ),
+        Some(Msg::Signaled(s)) => core.signaled(
+            agent,
+            SignalAnswer {
+                request_id: s.request_id,
+                delivered: s.delivered,
+                error: s.error,
+            },
+        ),
         Some(Msg::PoolWorkerReady(r)) => pools.route(
             &r.pool_id,
             Event::WorkerReady {

@@ -7,18 +7,20 @@ use std::time::Duration;
 
 use mpctl_proto::v1::{
     agent_service_server::AgentServiceServer, pool_manager_server::PoolManagerServer,
-    process_manager_server::ProcessManagerServer, AgentState, FILE_DESCRIPTOR_SET,
+    process_manager_server::ProcessManagerServer, FILE_DESCRIPTOR_SET,
 };
 use mpctl_transport::{check_listen_addr, incoming, AuthKey, Role, Security, ServerAuth};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::agent_service::AgentSessions;
+use crate::core::model::AgentState;
+use crate::core::table::Table;
 use crate::core::{Core, Timings};
 use crate::pool::{PoolService, Pools};
 use crate::process_service::ProcessService;
 use crate::store::Store;
-use crate::table::Table;
+use crate::wire;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -83,7 +85,21 @@ impl Coordinator {
             &[Role::Client, Role::Agent],
         )?;
         let (store, loaded) = Store::open(&config.data_dir.join("coordinator.sqlite"))?;
-        let core = Core::new(Table::from_loaded(loaded), store, config.timings);
+        let now = tokio::time::Instant::now();
+        let table = Table::restore(
+            loaded
+                .processes
+                .into_iter()
+                .map(|(info, request)| wire::proc_from_row(info, request))
+                .collect(),
+            loaded
+                .agents
+                .into_iter()
+                .map(|a| wire::agent_from_row(a, now))
+                .collect(),
+            loaded.next_number,
+        );
+        let core = Core::new(table, store, config.timings);
         core.start_lease_clocks();
         let pools = Pools::new(Arc::clone(&core));
 
@@ -160,14 +176,13 @@ impl Coordinator {
     /// Waits until an agent called `name` is registered and ready.
     pub async fn wait_for_agent(&self, name: &str, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut changes = self.core.subscribe();
+        let mut changes = self.core.agents_changed();
         loop {
             changes.borrow_and_update();
             let ready = self
                 .core
-                .agents()
-                .iter()
-                .any(|a| a.name == name && a.state == AgentState::Ready as i32);
+                .agents(|a| a.name == name && a.state == AgentState::Ready)
+                .contains(&true);
             if ready {
                 return true;
             }

@@ -5,29 +5,32 @@
 //! - clients call `ProcessManager` ([`process_service`]) to start, join, wait
 //!   on, signal and read the output of processes;
 //! - agents keep one `AgentService` stream each ([`agent_service`]) over which
-//!   they register, receive launches and signals, and report launches and exits.
-//!
+//!   they register, receive launches and signals, and report launches and exits;
 //! - clients open one `PoolManager` stream per pool ([`pool`]): its driver
 //!   starts workers as managed processes and feeds them tasks through their
 //!   agents.
 //!
-//! Both translate into operations on [`core::Core`], the state machine. It keeps
-//! the [`table`] in memory, decides where processes run ([`placement`]), and
-//! persists every change through the [`store`] (SQLite, one writer thread)
-//! before the agent messages that depend on it leave. Input from the wire is
-//! bounded in [`validate`].
+//! These services are the edge: they check the input ([`validate`]),
+//! convert protobuf to the domain and back ([`wire`], also where a
+//! [`core::CoreError`] becomes a gRPC status), and call [`core::Core`].
+//! The [`core`] holds the domain types, the table, and the transitions:
+//! plain functions of (table, input) that return the effects (rows and
+//! agent messages), which its outbox hands to the [`store`] (SQLite, one
+//! writer thread; an edge too, storing rows as protobuf) so that no agent
+//! message leaves before the rows it depends on are durable. Waiters (join,
+//! wait, start, signal) sleep on per-process notifications; output is
+//! routed apart from the table.
 
 #![forbid(unsafe_code)]
 
 pub mod agent_service;
 pub mod core;
 pub mod daemon;
-pub mod placement;
 pub mod pool;
 pub mod process_service;
 pub mod store;
-pub mod table;
 pub mod validate;
+pub mod wire;
 
 pub use crate::core::Timings;
 pub use daemon::{Coordinator, CoordinatorConfig, ServerError};

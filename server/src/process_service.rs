@@ -1,5 +1,6 @@
 //! `ProcessManager`: the gRPC surface clients use. Thin: authenticate the
-//! role, translate, call [`Core`].
+//! role, bound the input ([`crate::validate`]), translate ([`crate::wire`]),
+//! call [`Core`].
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,8 +17,9 @@ use mpctl_proto::v1::{
 use mpctl_transport::{require_role, Role};
 use tonic::{Request, Response, Status};
 
-use crate::core::Core;
-use crate::table::LogReceiver;
+use crate::core::logs::LogReader;
+use crate::core::{Core, CoreError};
+use crate::{validate, wire};
 
 pub struct ProcessService {
     pub core: Arc<Core>,
@@ -30,7 +32,7 @@ fn timeout(ms: Option<u64>) -> Option<Duration> {
 /// Output of one process on its way from the agent; dropping it (the client
 /// went away) stops the agent's reader.
 pub struct LogsStream {
-    rx: Option<(u64, LogReceiver)>,
+    rx: Option<LogReader>,
     core: Arc<Core>,
 }
 
@@ -38,7 +40,9 @@ impl Stream for LogsStream {
     type Item = Result<LogChunk, Status>;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match &mut self.rx {
-            Some((_, rx)) => rx.poll_recv(cx),
+            Some(rx) => rx
+                .poll_next(cx)
+                .map(|c| c.map(|c| c.map(wire::log_chunk).map_err(wire::status))),
             None => Poll::Ready(None),
         }
     }
@@ -46,8 +50,8 @@ impl Stream for LogsStream {
 
 impl Drop for LogsStream {
     fn drop(&mut self) {
-        if let Some((id, _)) = self.rx.take() {
-            self.core.cancel_logs(id);
+        if let Some(rx) = self.rx.take() {
+            self.core.cancel_logs(rx.request_id);
         }
     }
 }
@@ -56,22 +60,38 @@ impl Drop for LogsStream {
 impl ProcessManager for ProcessService {
     async fn start(&self, req: Request<StartRequest>) -> Result<Response<StartResponse>, Status> {
         require_role(&req, Role::Client)?;
-        let process = self.core.start(req.into_inner()).await?;
+        let req = req.into_inner();
+        if req
+            .function
+            .as_ref()
+            .is_some_and(|f| f.pool_worker.is_some())
+        {
+            return Err(CoreError::PoolWorkerStart.into());
+        }
+        validate::start_request(&req)?;
+        let process = self.core.start(wire::start_spec(req)).await?;
         Ok(Response::new(StartResponse {
-            process: Some(process),
+            process: Some(wire::process_info(&process)),
         }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<ProcessInfo>, Status> {
         require_role(&req, Role::Client)?;
-        Ok(Response::new(self.core.get(&req.get_ref().id)?))
+        Ok(Response::new(wire::process_info(
+            &self.core.get(&req.get_ref().id)?,
+        )))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
         Ok(Response::new(ListResponse {
-            processes: self.core.list(r.all, &r.node),
+            processes: self
+                .core
+                .list(r.all, &r.node)
+                .iter()
+                .map(wire::process_info)
+                .collect(),
         }))
     }
 
@@ -80,7 +100,7 @@ impl ProcessManager for ProcessService {
         let r = req.into_inner();
         let (process, timed_out) = self.core.join(&r.id, timeout(r.timeout_ms)).await?;
         Ok(Response::new(JoinResponse {
-            process: Some(process),
+            process: Some(wire::process_info(&process)),
             timed_out,
         }))
     }
@@ -90,7 +110,9 @@ impl ProcessManager for ProcessService {
         let r = req.into_inner();
         let all = r.mode == WaitMode::All as i32;
         let ready = self.core.wait(&r.ids, timeout(r.timeout_ms), all).await?;
-        Ok(Response::new(WaitResponse { ready }))
+        Ok(Response::new(WaitResponse {
+            ready: ready.iter().map(wire::process_info).collect(),
+        }))
     }
 
     async fn terminate(
@@ -99,17 +121,15 @@ impl ProcessManager for ProcessService {
     ) -> Result<Response<ProcessInfo>, Status> {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
-        Ok(Response::new(
-            self.core.signal(&r.id, libc::SIGTERM, r.tree).await?,
-        ))
+        let p = self.core.signal(&r.id, libc::SIGTERM, r.tree).await?;
+        Ok(Response::new(wire::process_info(&p)))
     }
 
     async fn kill(&self, req: Request<SignalRequest>) -> Result<Response<ProcessInfo>, Status> {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
-        Ok(Response::new(
-            self.core.signal(&r.id, libc::SIGKILL, r.tree).await?,
-        ))
+        let p = self.core.signal(&r.id, libc::SIGKILL, r.tree).await?;
+        Ok(Response::new(wire::process_info(&p)))
     }
 
     type LogsStream = LogsStream;
@@ -118,7 +138,7 @@ impl ProcessManager for ProcessService {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
         let stream = LogStream::try_from(r.stream).unwrap_or(LogStream::Both);
-        let rx = self.core.open_logs(&r.id, stream, r.follow)?;
+        let rx = self.core.open_logs(&r.id, wire::output(stream), r.follow)?;
         Ok(Response::new(LogsStream {
             rx,
             core: Arc::clone(&self.core),
@@ -131,7 +151,7 @@ impl ProcessManager for ProcessService {
     ) -> Result<Response<ListAgentsResponse>, Status> {
         require_role(&req, Role::Client)?;
         Ok(Response::new(ListAgentsResponse {
-            agents: self.core.agents(),
+            agents: self.core.agents(wire::agent_info),
         }))
     }
 }

@@ -6,6 +6,15 @@
 //! After each burst of events it sends every worker its new tasks in one
 //! message and the client every new result in one message, so small tasks
 //! travel in batches on every hop.
+//!
+//! Channels: the client's commands arrive on a bounded channel (a client
+//! that submits faster than the pool takes tasks is held back by its own
+//! stream's flow control); what workers and the process table report
+//! arrives unbounded, as it is bounded by the pool itself (each worker holds
+//! at most its window of tasks). Results go to the client on a bounded
+//! channel ([`super::OUT_MESSAGES`]); when the client does not read, they
+//! wait in the driver (at most one per task it submitted) and are sent as
+//! it reads, so a slow client never blocks the driver's other work.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,14 +22,16 @@ use std::sync::Arc;
 use mpctl_proto::v1::{
     coordinator_message::Msg as ToAgent, pool_event, CreatePool, FunctionTarget, PoolErrorKind,
     PoolEvent, PoolFinished, PoolResults, PoolTask, PoolTaskResult, PoolTasks, PoolWorkerStop,
-    PoolWorkerTarget, ProcessInfo, ProcessState, StartMethod, StartRequest,
+    PoolWorkerTarget, StartMethod, StartRequest,
 };
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{self, error::TrySendError, Receiver, UnboundedReceiver, UnboundedSender};
 use tonic::Status;
 
 use super::schedule::{self, Limits, Schedule, Worker};
 use super::Pools;
+use crate::core::model::{Proc, ProcState};
 use crate::core::Core;
+use crate::wire;
 
 /// The largest number of tasks a pool holds queued.
 pub const MAX_QUEUED: usize = 1_000_000;
@@ -35,7 +46,7 @@ pub enum Event {
     Terminate,
     /// The client's request stream ended: a pool still running is terminated.
     ClientEof,
-    WorkerStarted(ProcessInfo),
+    WorkerStarted(Proc),
     WorkerStartFailed(String),
     WorkerReady {
         node: String,
@@ -49,7 +60,7 @@ pub enum Event {
         process_id: String,
         message: String,
     },
-    WorkerExited(ProcessInfo),
+    WorkerExited(Proc),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -67,7 +78,7 @@ pub struct Driver {
     core: Arc<Core>,
     pools: Arc<Pools>,
     events: UnboundedSender<Event>,
-    out: UnboundedSender<Result<PoolEvent, Status>>,
+    out: mpsc::Sender<Result<PoolEvent, Status>>,
     schedule: Schedule,
     phase: Phase,
     broken: Option<String>,
@@ -88,7 +99,7 @@ impl Driver {
         core: Arc<Core>,
         pools: Arc<Pools>,
         events: UnboundedSender<Event>,
-        out: UnboundedSender<Result<PoolEvent, Status>>,
+        out: mpsc::Sender<Result<PoolEvent, Status>>,
     ) -> Driver {
         let limits = Limits {
             // 0: adaptive (see `schedule`).
@@ -115,14 +126,38 @@ impl Driver {
         }
     }
 
-    pub async fn run(mut self, mut events: UnboundedReceiver<Event>) {
+    /// Runs the pool until it is finished: `events` from its workers and
+    /// the table, `commands` from its client.
+    pub async fn run(
+        mut self,
+        mut events: UnboundedReceiver<Event>,
+        mut commands: Receiver<Event>,
+    ) {
         for _ in 0..self.spec.processes {
             self.start_worker();
         }
         tracing::info!(pool = %self.pool_id, processes = self.spec.processes, "pool created");
-        while let Some(ev) = events.recv().await {
-            self.handle(ev);
+        let out = self.out.clone();
+        let mut client_open = true;
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => break,
+                },
+                ev = commands.recv(), if client_open => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => client_open = false,
+                },
+                permit = out.reserve(), if !self.results.is_empty() => match permit {
+                    Ok(permit) => permit.send(Ok(self.next_results())),
+                    Err(_) => self.client_gone(),
+                },
+            }
             while let Ok(ev) = events.try_recv() {
+                self.handle(ev);
+            }
+            while let Ok(ev) = commands.try_recv() {
                 self.handle(ev);
             }
             self.dispatch();
@@ -130,13 +165,48 @@ impl Driver {
                 break;
             }
         }
-        let _ = self.out.send(Ok(PoolEvent {
-            msg: Some(pool_event::Msg::Finished(PoolFinished {
-                error: self.broken.clone().unwrap_or_default(),
-            })),
-        }));
         self.pools.remove(&self.pool_id);
+        // Every answer before the end, as the client reads them.
+        while !self.results.is_empty() {
+            let results = self.next_results();
+            if out.send(Ok(results)).await.is_err() {
+                break;
+            }
+        }
+        let _ = out
+            .send(Ok(PoolEvent {
+                msg: Some(pool_event::Msg::Finished(PoolFinished {
+                    error: self.broken.clone().unwrap_or_default(),
+                })),
+            }))
+            .await;
         tracing::info!(pool = %self.pool_id, broken = ?self.broken, "pool finished");
+    }
+
+    /// The next message of results: everything new, or about 1 MiB of it.
+    fn next_results(&mut self) -> PoolEvent {
+        let mut bytes = 0;
+        let n = self
+            .results
+            .iter()
+            .take_while(|r| {
+                bytes += prost::Message::encoded_len(*r);
+                bytes < RESULT_BATCH_BYTES
+            })
+            .count()
+            .max(1);
+        let results: Vec<PoolTaskResult> = self.results.drain(..n).collect();
+        PoolEvent {
+            msg: Some(pool_event::Msg::Results(PoolResults { results })),
+        }
+    }
+
+    fn client_gone(&mut self) {
+        self.terminate(
+            PoolErrorKind::Terminated,
+            "the pool's client went away; the pool was terminated",
+        );
+        self.results.clear();
     }
 
     /// The pool's record of worker `id`, made on whichever of its start and
@@ -258,14 +328,13 @@ impl Driver {
         self.terminate(PoolErrorKind::PoolBroken, &why);
     }
 
-    fn worker_exited(&mut self, info: ProcessInfo) {
+    fn worker_exited(&mut self, info: Proc) {
         self.live.remove(&info.id);
         let was_ready = self.schedule.workers.get(&info.id).is_some_and(|w| w.ready);
         let exitcode = info.exitcode;
         let failed = self.schedule.worker_exited(&info.id, exitcode);
         self.results.extend(failed);
-        let state = ProcessState::try_from(info.state).unwrap_or(ProcessState::Unspecified);
-        if state == ProcessState::Failed {
+        if info.state == ProcState::Failed {
             self.break_pool(format!(
                 "cannot start pool worker {}: {}",
                 info.name, info.start_error
@@ -327,33 +396,17 @@ impl Driver {
                 self.stop_sent.insert(id);
             }
         }
-        let mut sent = Ok(());
-        while !self.results.is_empty() && sent.is_ok() {
-            // Messages of about 1 MiB: everything new, or as much as fits.
-            let mut bytes = 0;
-            let n = self
-                .results
-                .iter()
-                .take_while(|r| {
-                    bytes += prost::Message::encoded_len(*r);
-                    bytes < RESULT_BATCH_BYTES
-                })
-                .count()
-                .max(1);
-            let results: Vec<PoolTaskResult> = self.results.drain(..n).collect();
-            sent = self
-                .out
-                .send(Ok(PoolEvent {
-                    msg: Some(pool_event::Msg::Results(PoolResults { results })),
-                }))
-                .map_err(|_| ());
-        }
-        if sent.is_err() {
-            self.terminate(
-                PoolErrorKind::Terminated,
-                "the pool's client went away; the pool was terminated",
-            );
-            self.results.clear();
+        // As much as the client's channel takes now; the rest when it reads.
+        let out = self.out.clone();
+        while !self.results.is_empty() {
+            match out.try_reserve() {
+                Ok(permit) => permit.send(Ok(self.next_results())),
+                Err(TrySendError::Full(())) => break,
+                Err(TrySendError::Closed(())) => {
+                    self.client_gone();
+                    break;
+                }
+            }
         }
     }
 
@@ -371,7 +424,7 @@ impl Driver {
         let id = id.to_owned();
         tokio::spawn(async move {
             if let Err(e) = core.signal(&id, libc::SIGTERM, false).await {
-                tracing::warn!(process = %id, error = %e.message(), "cannot terminate pool worker");
+                tracing::warn!(process = %id, error = %e, "cannot terminate pool worker");
             }
         });
     }
@@ -383,10 +436,10 @@ impl Driver {
         let core = Arc::clone(&self.core);
         let events = self.events.clone();
         tokio::spawn(async move {
-            let info = match core.start_pool_worker(req).await {
+            let info = match core.start_pool_worker(wire::start_spec(req)).await {
                 Ok(info) => info,
-                Err(status) => {
-                    let _ = events.send(Event::WorkerStartFailed(status.message().to_owned()));
+                Err(e) => {
+                    let _ = events.send(Event::WorkerStartFailed(e.to_string()));
                     return;
                 }
             };
@@ -396,8 +449,8 @@ impl Driver {
                 Ok((info, _)) => {
                     let _ = events.send(Event::WorkerExited(info));
                 }
-                Err(status) => {
-                    tracing::error!(process = %id, error = %status.message(), "pool worker vanished from the table");
+                Err(e) => {
+                    tracing::error!(process = %id, error = %e, "pool worker vanished from the table");
                 }
             }
         });

@@ -23,7 +23,7 @@ use mpctl_proto::v1::{
 };
 use mpctl_transport::{require_role, Role};
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Response, Status, Streaming};
 
 use crate::core::Core;
@@ -36,6 +36,12 @@ pub const MAX_TASKS_PER_MESSAGE: usize = 100_000;
 pub const MAX_ITEMS_PER_TASK: usize = 1_000_000;
 pub const MAX_PREFETCH: u32 = 1024;
 pub const MAX_RETRIES: u32 = 100;
+/// Messages (of results, up to about 1 MiB each) buffered for a pool's
+/// client; see [`driver`] for what happens when it does not read.
+pub const OUT_MESSAGES: usize = 16;
+/// Client commands (each up to [`MAX_TASKS_PER_MESSAGE`] tasks) queued for
+/// the driver before the client's stream is held back.
+pub const COMMANDS: usize = 4;
 
 /// The pools this coordinator drives, by id.
 pub struct Pools {
@@ -100,12 +106,15 @@ impl PoolManager for PoolService {
         };
         check_create(&spec)?;
         let pool_id = crate::core::new_id();
-        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(OUT_MESSAGES);
+        // Unbounded: workers and the table report here, within the pool's
+        // own bounds (see `driver`); the client's commands are bounded.
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS);
         let pools = Arc::clone(&self.pools);
         pools.lock().insert(pool_id.clone(), ev_tx.clone());
         pools.core.set_pool_live(&pool_id, true);
-        let _ = out_tx.send(Ok(PoolEvent {
+        let _ = out_tx.try_send(Ok(PoolEvent {
             msg: Some(pool_event::Msg::Created(PoolCreated {
                 pool_id: pool_id.clone(),
             })),
@@ -118,7 +127,7 @@ impl PoolManager for PoolService {
             ev_tx.clone(),
             out_tx.clone(),
         );
-        tokio::spawn(driver.run(ev_rx));
+        tokio::spawn(driver.run(ev_rx, cmd_rx));
         tokio::spawn(async move {
             loop {
                 let event = match inbound.message().await {
@@ -126,35 +135,35 @@ impl PoolManager for PoolService {
                         Request::Submit(s) => match check_tasks(&s.tasks) {
                             Ok(()) => Event::Submit(s.tasks),
                             Err(status) => {
-                                let _ = out_tx.send(Err(status));
-                                let _ = ev_tx.send(Event::Terminate);
+                                let _ = out_tx.send(Err(status)).await;
+                                let _ = cmd_tx.send(Event::Terminate).await;
                                 return;
                             }
                         },
                         Request::Close(_) => Event::Close,
                         Request::Terminate(_) => Event::Terminate,
                         Request::Create(_) => {
-                            let _ = out_tx.send(Err(Status::invalid_argument(
-                                "a pool stream creates one pool; open another stream for another pool",
-                            )));
-                            let _ = ev_tx.send(Event::Terminate);
+                            let _ = out_tx
+                                .send(Err(Status::invalid_argument(
+                                    "a pool stream creates one pool; open another stream for another pool",
+                                )))
+                                .await;
+                            let _ = cmd_tx.send(Event::Terminate).await;
                             return;
                         }
                     },
                     Ok(Some(PoolRequest { msg: None })) => continue,
                     Ok(None) | Err(_) => {
-                        let _ = ev_tx.send(Event::ClientEof);
+                        let _ = cmd_tx.send(Event::ClientEof).await;
                         return;
                     }
                 };
-                if ev_tx.send(event).is_err() {
+                if cmd_tx.send(event).await.is_err() {
                     return;
                 }
             }
         });
-        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
-            out_rx,
-        ))))
+        Ok(Response::new(Box::pin(ReceiverStream::new(out_rx))))
     }
 }
 

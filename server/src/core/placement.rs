@@ -9,51 +9,48 @@
 
 use std::collections::BTreeMap;
 
-use mpctl_proto::v1::{AgentState, Placement};
+use super::model::{Agent, AgentState, Placement};
 
-use crate::table::AgentEntry;
-
+#[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     Assign(String),
     Queue,
     NoMatch(String),
 }
 
-pub fn matches(agent: &AgentEntry, placement: &Placement) -> bool {
-    (placement.node.is_empty() || placement.node == agent.info.name)
+pub fn matches(agent: &Agent, placement: &Placement) -> bool {
+    (placement.node.is_empty() || placement.node == agent.name)
         && placement
             .labels
             .iter()
-            .all(|(k, v)| agent.info.labels.get(k) == Some(v))
+            .all(|(k, v)| agent.labels.get(k) == Some(v))
 }
 
-pub fn has_room(agent: &AgentEntry) -> bool {
-    agent.info.state == AgentState::Ready as i32
-        && agent.session.is_some()
-        && (agent.running.len() as u32) < agent.info.slots
+pub fn has_room(agent: &Agent) -> bool {
+    agent.state == AgentState::Ready && agent.session.is_some() && agent.used() < agent.slots
 }
 
-pub fn decide(agents: &BTreeMap<String, AgentEntry>, placement: &Placement) -> Decision {
+pub fn decide(agents: &BTreeMap<String, Agent>, placement: &Placement) -> Decision {
     let mut any_match = false;
-    let mut best: Option<(&AgentEntry, u32)> = None;
+    let mut best: Option<(&Agent, u32)> = None;
     for agent in agents.values().filter(|a| matches(a, placement)) {
         any_match = true;
         if !has_room(agent) {
             continue;
         }
-        let free = agent.info.slots - agent.running.len() as u32;
+        let free = agent.slots - agent.used();
         if best.is_none_or(|(_, f)| free > f) {
             best = Some((agent, free));
         }
     }
     match best {
-        Some((agent, _)) => Decision::Assign(agent.info.name.clone()),
+        Some((agent, _)) => Decision::Assign(agent.name.clone()),
         None if any_match => Decision::Queue,
         None => Decision::NoMatch(describe_miss(agents, placement)),
     }
 }
 
-fn describe_miss(agents: &BTreeMap<String, AgentEntry>, placement: &Placement) -> String {
+fn describe_miss(agents: &BTreeMap<String, Agent>, placement: &Placement) -> String {
     let mut want = Vec::new();
     if !placement.node.is_empty() {
         want.push(format!("node={}", placement.node));

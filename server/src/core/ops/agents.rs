@@ -1,0 +1,142 @@
+//! The operations of `AgentService`: register, reports (launched, launch
+//! failed, exited), the end of a session and the lease clock.
+
+use super::*;
+
+impl Core {
+    /// A (re)connecting agent (validated at the edge): record it, reconcile
+    /// its processes with the table, and hand it the queue; messages to it
+    /// go on `tx`. Returns the session generation.
+    pub async fn register(
+        &self,
+        reg: Registration,
+        tx: mpsc::UnboundedSender<CoordinatorMessage>,
+    ) -> Result<u64, CoreError> {
+        let name = reg.name.clone();
+        let (generation, pending) = {
+            let mut st = self.lock();
+            let generation = st.table.take_generation();
+            self.outbox.open(&name, generation, tx);
+            let fx = crate::core::agents::register(
+                &mut st.table,
+                reg,
+                generation,
+                Instant::now(),
+                now_ms(),
+            );
+            (generation, self.apply(&mut st, fx))
+        };
+        Self::durable(pending).await?;
+        tracing::info!(agent = %name, generation, "agent registered");
+        Ok(generation)
+    }
+
+    /// Any message from the agent renews its lease.
+    pub fn seen(&self, name: &str) {
+        crate::core::agents::seen(&mut self.lock().table, name, Instant::now(), now_ms());
+    }
+
+    pub fn launched(&self, agent: &str, id: &str, pid: i32, at_ms: i64) {
+        let pending = {
+            let mut st = self.lock();
+            let fx = procs::launched(&mut st.table, agent, id, pid, at_ms);
+            self.apply(&mut st, fx)
+        };
+        in_background(pending);
+    }
+
+    pub fn launch_failed(&self, agent: &str, id: &str, error: &str) {
+        let pending = {
+            let mut st = self.lock();
+            let fx = procs::launch_failed(&mut st.table, agent, id, error, now_ms());
+            self.apply(&mut st, fx)
+        };
+        in_background(pending);
+    }
+
+    pub fn exited(&self, agent: &str, generation: u64, ex: ExitReport) {
+        let pending = {
+            let mut st = self.lock();
+            let fx = procs::exited(&mut st.table, agent, generation, ex, now_ms());
+            if fx.is_empty() {
+                return;
+            }
+            self.apply(&mut st, fx)
+        };
+        in_background(pending);
+    }
+
+    /// The agent's stream ended. It stays `disconnected` (its processes keep
+    /// their state) until its lease runs out.
+    pub fn disconnected(self: &Arc<Self>, agent: &str, generation: u64) {
+        let remaining = {
+            let mut st = self.lock();
+            let Some(remaining) = crate::core::agents::disconnected(
+                &mut st.table,
+                agent,
+                generation,
+                self.timings.lease,
+                Instant::now(),
+            ) else {
+                return;
+            };
+            self.outbox.close(agent, generation);
+            self.agents_changed.send_modify(|g| *g = g.wrapping_add(1));
+            remaining
+        };
+        self.logs.node_gone(agent);
+        // Dropping their senders answers the waiting signals: disconnected.
+        self.signals().retain(|_, p| p.node != agent);
+        self.schedule_lease_check(agent.to_owned(), remaining);
+    }
+
+    /// After `delay`, an agent that is still not connected is lost.
+    pub fn schedule_lease_check(self: &Arc<Self>, agent: String, delay: Duration) {
+        let core = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            core.lease_expired(&agent);
+        });
+    }
+
+    /// The agent is past its lease: it and its processes are `lost`.
+    pub fn lease_expired(&self, agent: &str) {
+        let pending = {
+            let mut st = self.lock();
+            let generation = st.table.session(agent);
+            let fx = crate::core::agents::lease_expired(
+                &mut st.table,
+                agent,
+                self.timings.lease,
+                Instant::now(),
+            );
+            if fx.is_empty() {
+                return;
+            }
+            if let Some(g) = generation {
+                self.outbox.close(agent, g);
+            }
+            self.apply(&mut st, fx)
+        };
+        in_background(pending);
+    }
+
+    /// Agents known from the store get one lease from start-up to reconnect.
+    pub fn start_lease_clocks(self: &Arc<Self>) {
+        let names: Vec<String> = self.lock().table.agents().keys().cloned().collect();
+        for name in names {
+            self.schedule_lease_check(name, self.timings.lease);
+        }
+    }
+
+    /// Each agent, as `view` shows it (under the lock, so nothing is copied
+    /// that the caller does not need).
+    pub fn agents<T>(&self, view: impl Fn(&Agent) -> T) -> Vec<T> {
+        self.lock().table.agents().values().map(view).collect()
+    }
+
+    /// A receiver that sees every later change of the agent registry.
+    pub fn agents_changed(&self) -> watch::Receiver<u64> {
+        self.agents_changed.subscribe()
+    }
+}

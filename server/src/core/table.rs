@@ -1,0 +1,225 @@
+//! The in-memory process table and agent registry, mirrored to the store.
+//!
+//! Its fields are private: every change goes through a method that keeps
+//! the indices true.
+//! - `by_request`: each request id names one process (a retried start
+//!   finds it);
+//! - `daemon_children`: each process's daemonic children (CPython
+//!   terminates them when it exits);
+//! - an agent's `running` set: exactly its processes that are launching or
+//!   started ([`Table::update`] moves ids in and out on every state change);
+//! - `queue`: every queued process once, oldest first (entries that left
+//!   the queued state are dropped when [`Table::queued`] next reads it).
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+use super::model::{Agent, Proc, ProcState};
+
+#[derive(Default)]
+pub struct Table {
+    procs: HashMap<String, Proc>,
+    by_request: HashMap<String, String>,
+    agents: BTreeMap<String, Agent>,
+    queue: VecDeque<String>,
+    next_number: u64,
+    next_generation: u64,
+    /// How many children each process has started (CPython's `_counter`).
+    children_started: HashMap<String, u32>,
+    daemon_children: HashMap<String, Vec<String>>,
+    /// Pools with a driver in this coordinator.
+    live_pools: HashSet<String>,
+}
+
+impl Table {
+    /// An empty table whose next top-level process is number `next_number`.
+    pub fn new(next_number: u64) -> Table {
+        Table {
+            next_number: next_number.max(1),
+            next_generation: 1,
+            ..Table::default()
+        }
+    }
+
+    /// The table as the store had it. Nobody is connected yet: every agent
+    /// is `Disconnected`, its lease clock restarting with us. Queued
+    /// processes keep their creation order (the only order that survives a
+    /// restart is the recorded one).
+    pub fn restore(procs: Vec<Proc>, agents: Vec<Agent>, next_number: u64) -> Table {
+        let mut t = Table::new(next_number);
+        for mut a in agents {
+            a.state = super::model::AgentState::Disconnected;
+            a.session = None;
+            a.running.clear();
+            t.agents.insert(a.name.clone(), a);
+        }
+        let mut procs = procs;
+        procs.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        for p in procs {
+            if !p.parent_id.is_empty() {
+                *t.children_started.entry(p.parent_id.clone()).or_default() += 1;
+            }
+            t.insert(p);
+        }
+        t
+    }
+
+    // ----- processes ------------------------------------------------------
+
+    pub fn get(&self, id: &str) -> Option<&Proc> {
+        self.procs.get(id)
+    }
+
+    pub fn contains(&self, id: &str) -> bool {
+        self.procs.contains_key(id)
+    }
+
+    pub fn procs(&self) -> impl Iterator<Item = &Proc> {
+        self.procs.values()
+    }
+
+    /// The process a request id started.
+    pub fn by_request(&self, request_id: &str) -> Option<&str> {
+        self.by_request.get(request_id).map(String::as_str)
+    }
+
+    /// Adds a process (new, or restored) with its indices.
+    pub fn insert(&mut self, p: Proc) {
+        if !p.request_id.is_empty() {
+            self.by_request.insert(p.request_id.clone(), p.id.clone());
+        }
+        if p.daemon && !p.parent_id.is_empty() {
+            self.daemon_children
+                .entry(p.parent_id.clone())
+                .or_default()
+                .push(p.id.clone());
+        }
+        if p.state == ProcState::Queued {
+            self.queue.push_back(p.id.clone());
+        }
+        if p.state.is_active() {
+            if let Some(a) = self.agents.get_mut(&p.node) {
+                a.running.insert(p.id.clone());
+            }
+        }
+        self.procs.insert(p.id.clone(), p);
+    }
+
+    /// Changes one process and moves it between the running sets and the
+    /// queue as its state and node require. `None`: no such process.
+    pub fn update(&mut self, id: &str, f: impl FnOnce(&mut Proc)) -> Option<&Proc> {
+        let p = self.procs.get_mut(id)?;
+        let (was, old_node) = (p.state, p.node.clone());
+        f(p);
+        let (now, node) = (p.state, p.node.clone());
+        if was.is_active() && (!now.is_active() || node != old_node) {
+            if let Some(a) = self.agents.get_mut(&old_node) {
+                a.running.remove(id);
+            }
+        }
+        if now.is_active() {
+            if let Some(a) = self.agents.get_mut(&node) {
+                a.running.insert(id.to_owned());
+            }
+        }
+        if now == ProcState::Queued && was != ProcState::Queued {
+            self.queue.push_back(id.to_owned());
+        }
+        self.procs.get(id)
+    }
+
+    /// Numbers the next top-level process.
+    pub fn take_number(&mut self) -> u64 {
+        let n = self.next_number;
+        self.next_number += 1;
+        n
+    }
+
+    pub fn next_number(&self) -> u64 {
+        self.next_number
+    }
+
+    /// Counts a child of `parent` and returns its number among them.
+    pub fn count_child(&mut self, parent: &str) -> u32 {
+        let k = self.children_started.entry(parent.to_owned()).or_default();
+        *k += 1;
+        *k
+    }
+
+    /// The daemonic children of `parent`, in start order.
+    pub fn daemon_children(&self, parent: &str) -> &[String] {
+        self.daemon_children.get(parent).map_or(&[], Vec::as_slice)
+    }
+
+    /// The queued processes, oldest first.
+    pub fn queued(&mut self) -> Vec<String> {
+        let procs = &self.procs;
+        self.queue
+            .retain(|id| procs.get(id).is_some_and(|p| p.state == ProcState::Queued));
+        self.queue.iter().cloned().collect()
+    }
+
+    // ----- agents ---------------------------------------------------------
+
+    pub fn agent(&self, name: &str) -> Option<&Agent> {
+        self.agents.get(name)
+    }
+
+    pub fn agents(&self) -> &BTreeMap<String, Agent> {
+        &self.agents
+    }
+
+    /// The generation of `node`'s open session, if it is connected.
+    pub fn session(&self, node: &str) -> Option<u64> {
+        self.agents.get(node).and_then(|a| a.session)
+    }
+
+    /// Adds or replaces an agent; its running set is rebuilt from the table.
+    pub fn put_agent(&mut self, mut a: Agent) -> &Agent {
+        a.running = self
+            .procs
+            .values()
+            .filter(|p| p.node == a.name && p.state.is_active())
+            .map(|p| p.id.clone())
+            .collect();
+        let name = a.name.clone();
+        self.agents.insert(name.clone(), a);
+        &self.agents[&name]
+    }
+
+    /// Changes an agent's own fields (not its running set).
+    pub fn update_agent(&mut self, name: &str, f: impl FnOnce(&mut Agent)) -> Option<&Agent> {
+        let a = self.agents.get_mut(name)?;
+        let running = std::mem::take(&mut a.running);
+        f(a);
+        a.running = running;
+        Some(a)
+    }
+
+    /// The processes running on `node`.
+    pub fn running_on(&self, node: &str) -> Vec<String> {
+        self.agents
+            .get(node)
+            .map(|a| a.running.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn take_generation(&mut self) -> u64 {
+        let g = self.next_generation;
+        self.next_generation += 1;
+        g
+    }
+
+    // ----- pools ----------------------------------------------------------
+
+    pub fn set_pool_live(&mut self, pool_id: &str, live: bool) {
+        if live {
+            self.live_pools.insert(pool_id.to_owned());
+        } else {
+            self.live_pools.remove(pool_id);
+        }
+    }
+
+    pub fn pool_live(&self, pool_id: &str) -> bool {
+        self.live_pools.contains(pool_id)
+    }
+}

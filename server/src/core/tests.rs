@@ -1,0 +1,546 @@
+//! The transitions on their own: a table, an input, and the effects that
+//! come back. No daemon, socket or SQLite.
+
+use std::time::Duration;
+
+use mpctl_proto::v1::{CommandTarget, FunctionTarget};
+use tokio::time::Instant;
+
+use super::agents;
+use super::effects::{Effects, Row, ToNode};
+use super::error::CoreError;
+use super::model::{AgentState, ExitReport, Method, Proc, ProcState, Registration, StartSpec};
+use super::procs::{self, SignalPlan};
+use super::table::Table;
+
+const LEASE: Duration = Duration::from_secs(10);
+const T0_MS: i64 = 1_700_000_000_000;
+
+fn reg(name: &str, slots: u32) -> Registration {
+    Registration {
+        name: name.into(),
+        slots,
+        version: "test".into(),
+        ..Registration::default()
+    }
+}
+
+/// A table with agent `n1` (`slots` slots) connected on session 1.
+fn cluster(slots: u32) -> (Table, Instant) {
+    let mut t = Table::new(1);
+    let g = t.take_generation();
+    assert_eq!(g, 1);
+    let now = Instant::now();
+    agents::register(&mut t, reg("n1", slots), g, now, T0_MS);
+    (t, now)
+}
+
+fn cmd(argv: &[&str]) -> StartSpec {
+    let mut s = StartSpec::default();
+    s.launch.command = Some(CommandTarget {
+        argv: argv.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
+    });
+    s
+}
+
+/// Ids p1, p2, … in order.
+fn ids() -> impl FnMut() -> String {
+    let mut n = 0;
+    move || {
+        n += 1;
+        format!("p{n}")
+    }
+}
+
+fn start(t: &mut Table, spec: StartSpec, id: &str) -> Effects {
+    let s = procs::start(t, spec, || id.to_owned(), T0_MS).expect("start accepted");
+    assert_eq!(s.id, id);
+    s.effects
+}
+
+fn state(t: &Table, id: &str) -> ProcState {
+    t.get(id).expect("known").state
+}
+
+fn exit(id: &str, code: i32) -> ExitReport {
+    ExitReport {
+        process_id: id.into(),
+        exitcode: code,
+        ..ExitReport::default()
+    }
+}
+
+fn launches(fx: &Effects) -> Vec<(String, String)> {
+    fx.sends()
+        .iter()
+        .filter_map(|s| match &s.msg {
+            ToNode::Launch(p) => Some((s.node.clone(), p.id.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn acks(fx: &Effects) -> Vec<String> {
+    fx.sends()
+        .iter()
+        .filter_map(|s| match &s.msg {
+            ToNode::AckExit(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn saved(fx: &Effects) -> Vec<(String, ProcState)> {
+    fx.procs().map(|p| (p.id.clone(), p.state)).collect()
+}
+
+fn used(t: &Table, node: &str) -> u32 {
+    t.agent(node).expect("known agent").used()
+}
+
+#[test]
+fn a_start_is_placed_saved_and_launched_after_the_commit() {
+    let (mut t, _) = cluster(2);
+    let fx = start(&mut t, cmd(&["echo", "hi"]), "p1");
+    assert!(matches!(fx.rows()[0], Row::NextNumber(2)));
+    assert_eq!(saved(&fx), [("p1".into(), ProcState::Launching)]);
+    assert_eq!(launches(&fx), [("n1".into(), "p1".into())]);
+    assert_eq!(fx.sends()[0].generation, 1);
+    let p = t.get("p1").unwrap();
+    assert_eq!(
+        (p.name.as_str(), &p.identity[..], p.node.as_str()),
+        ("Process-1", &[1][..], "n1")
+    );
+    assert_eq!(p.argv, ["echo", "hi"]);
+    assert_eq!(used(&t, "n1"), 1);
+}
+
+#[test]
+fn a_retried_request_id_is_the_same_process_and_launches_nothing() {
+    let (mut t, _) = cluster(2);
+    let mut spec = cmd(&["true"]);
+    spec.request_id = "r-1".into();
+    start(&mut t, spec.clone(), "p1");
+    let again = procs::start(&mut t, spec, || "p2".into(), T0_MS).unwrap();
+    assert_eq!(again.id, "p1");
+    assert!(!again.created);
+    assert!(again.effects.is_empty());
+    assert!(t.get("p2").is_none());
+    assert_eq!(used(&t, "n1"), 1);
+}
+
+#[test]
+fn a_full_cluster_queues_and_an_exit_hands_the_slot_on_oldest_first() {
+    let (mut t, _) = cluster(1);
+    start(&mut t, cmd(&["a"]), "p1");
+    let fx = start(&mut t, cmd(&["b"]), "p2");
+    assert_eq!(saved(&fx), [("p2".into(), ProcState::Queued)]);
+    assert!(fx.sends().is_empty());
+    start(&mut t, cmd(&["c"]), "p3");
+    procs::launched(&mut t, "n1", "p1", 100, T0_MS);
+    let fx = procs::exited(&mut t, "n1", 1, exit("p1", 3), T0_MS);
+    assert_eq!(
+        saved(&fx),
+        [
+            ("p1".into(), ProcState::Stopped),
+            ("p2".into(), ProcState::Launching)
+        ]
+    );
+    assert_eq!(acks(&fx), ["p1"]);
+    assert_eq!(launches(&fx), [("n1".into(), "p2".into())]);
+    assert_eq!(t.get("p1").unwrap().exitcode, Some(3));
+    assert_eq!(state(&t, "p3"), ProcState::Queued);
+    assert_eq!(used(&t, "n1"), 1);
+}
+
+#[test]
+fn a_start_no_agent_matches_is_refused_naming_the_known_agents() {
+    let (mut t, _) = cluster(1);
+    let mut spec = cmd(&["x"]);
+    spec.placement.node = "elsewhere".into();
+    let e = procs::start(&mut t, spec, ids(), T0_MS).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot place process: no agent matches node=elsewhere; known agents: n1 (see `mpctl agents`)"
+    );
+    assert_eq!(t.procs().count(), 0);
+    let mut empty = Table::new(1);
+    let e = procs::start(&mut empty, cmd(&["x"]), ids(), T0_MS).unwrap_err();
+    assert!(e.to_string().contains("no agent has registered"), "{e}");
+}
+
+#[test]
+fn launched_records_the_pid_only_from_the_node_it_was_sent_to() {
+    let (mut t, _) = cluster(1);
+    start(&mut t, cmd(&["x"]), "p1");
+    assert!(procs::launched(&mut t, "n2", "p1", 9, T0_MS).is_empty());
+    assert_eq!(state(&t, "p1"), ProcState::Launching);
+    let fx = procs::launched(&mut t, "n1", "p1", 42, T0_MS + 5);
+    assert_eq!(saved(&fx), [("p1".into(), ProcState::Started)]);
+    let p = t.get("p1").unwrap();
+    assert_eq!((p.pid, p.started_unix_ms), (42, T0_MS + 5));
+}
+
+#[test]
+fn a_launch_failure_fails_the_process_and_frees_its_slot() {
+    let (mut t, _) = cluster(1);
+    start(&mut t, cmd(&["/no/such"]), "p1");
+    start(&mut t, cmd(&["next"]), "p2");
+    let fx = procs::launch_failed(&mut t, "n1", "p1", "No such file or directory", T0_MS);
+    assert_eq!(
+        saved(&fx),
+        [
+            ("p1".into(), ProcState::Failed),
+            ("p2".into(), ProcState::Launching)
+        ]
+    );
+    let p = t.get("p1").unwrap();
+    assert_eq!(
+        p.start_error,
+        "cannot start \"/no/such\" on node n1: No such file or directory"
+    );
+    assert_eq!(p.exitcode, None);
+    assert_eq!(used(&t, "n1"), 1);
+}
+
+#[test]
+fn an_exit_reported_twice_keeps_the_first_code_and_is_acked_again() {
+    let (mut t, _) = cluster(1);
+    start(&mut t, cmd(&["x"]), "p1");
+    procs::launched(&mut t, "n1", "p1", 42, T0_MS);
+    procs::exited(&mut t, "n1", 1, exit("p1", 7), T0_MS);
+    let fx = procs::exited(&mut t, "n1", 1, exit("p1", 9), T0_MS);
+    assert!(saved(&fx).is_empty());
+    assert_eq!(acks(&fx), ["p1"]);
+    assert_eq!(t.get("p1").unwrap().exitcode, Some(7));
+    // An exit of a process nobody knows is acknowledged, so it leaves the
+    // node's journal.
+    let fx = procs::exited(&mut t, "n1", 1, exit("ghost", 1), T0_MS);
+    assert_eq!(acks(&fx), ["ghost"]);
+}
+
+#[test]
+fn an_exit_from_an_ended_session_is_ignored() {
+    let (mut t, _) = cluster(1);
+    start(&mut t, cmd(&["x"]), "p1");
+    procs::launched(&mut t, "n1", "p1", 42, T0_MS);
+    assert!(procs::exited(&mut t, "n1", 99, exit("p1", 7), T0_MS).is_empty());
+    assert_eq!(state(&t, "p1"), ProcState::Started);
+}
+
+#[test]
+fn a_function_result_is_kept_with_the_exit() {
+    let (mut t, _) = cluster(1);
+    let mut spec = StartSpec::default();
+    spec.launch.function = Some(FunctionTarget {
+        program: "/bin/prog".into(),
+        function: "square".into(),
+        ..Default::default()
+    });
+    start(&mut t, spec, "p1");
+    procs::launched(&mut t, "n1", "p1", 42, T0_MS);
+    let mut ex = exit("p1", 0);
+    ex.result = Some(b"49".to_vec());
+    ex.at_unix_ms = T0_MS + 9;
+    procs::exited(&mut t, "n1", 1, ex, T0_MS);
+    let p = t.get("p1").unwrap();
+    assert_eq!(p.function, "square");
+    assert_eq!(p.result.as_deref(), Some(&b"49"[..]));
+    assert_eq!(p.stopped_unix_ms, T0_MS + 9);
+}
+
+#[test]
+fn a_lease_runs_on_the_monotonic_clock_and_loses_the_nodes_processes() {
+    let (mut t, t0) = cluster(2);
+    start(&mut t, cmd(&["a"]), "p1");
+    start(&mut t, cmd(&["b"]), "p2");
+    procs::launched(&mut t, "n1", "p1", 10, T0_MS);
+    // Connected and fresh: nothing happens, whatever the wall clock says.
+    assert!(agents::lease_expired(&mut t, "n1", LEASE, t0 + LEASE / 2).is_empty());
+    let remaining = agents::disconnected(&mut t, "n1", 1, LEASE, t0 + Duration::from_secs(4));
+    assert_eq!(remaining, Some(Duration::from_secs(6)));
+    assert_eq!(t.agent("n1").unwrap().state, AgentState::Disconnected);
+    // A stale session's end changes nothing.
+    assert_eq!(agents::disconnected(&mut t, "n1", 1, LEASE, t0), None);
+    let fx = agents::lease_expired(&mut t, "n1", LEASE, t0 + LEASE);
+    assert!(matches!(&fx.rows()[0], Row::Agent(a) if a.state == AgentState::Lost));
+    let mut lost = saved(&fx);
+    lost.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        lost,
+        [
+            ("p1".into(), ProcState::Lost),
+            ("p2".into(), ProcState::Lost)
+        ]
+    );
+    assert_eq!(used(&t, "n1"), 0);
+    // Lost once: a second check does nothing.
+    assert!(agents::lease_expired(&mut t, "n1", LEASE, t0 + LEASE * 2).is_empty());
+}
+
+#[test]
+fn a_node_that_returns_gives_the_real_codes_and_what_it_still_runs() {
+    let (mut t, t0) = cluster(4);
+    for id in ["p1", "p2", "p3"] {
+        start(&mut t, cmd(&[id]), id);
+    }
+    for (id, pid) in [("p1", 11), ("p2", 12), ("p3", 13)] {
+        procs::launched(&mut t, "n1", id, pid, T0_MS);
+    }
+    agents::disconnected(&mut t, "n1", 1, LEASE, t0);
+    agents::lease_expired(&mut t, "n1", LEASE, t0 + LEASE);
+    assert_eq!(state(&t, "p1"), ProcState::Lost);
+    // The node comes back: p1 exited with 7 meanwhile, p2 still runs, p3 is
+    // gone from it.
+    let g = t.take_generation();
+    let mut back = reg("n1", 4);
+    back.exited = vec![exit("p1", 7)];
+    back.running = vec![("p2".into(), 12)];
+    let fx = agents::register(&mut t, back, g, t0 + LEASE * 2, T0_MS);
+    let p1 = t.get("p1").unwrap();
+    assert_eq!((p1.state, p1.exitcode), (ProcState::Stopped, Some(7)));
+    assert_eq!(state(&t, "p2"), ProcState::Started);
+    assert_eq!(state(&t, "p3"), ProcState::Lost);
+    assert_eq!(acks(&fx), ["p1"]);
+    assert!(launches(&fx).is_empty());
+    assert!(fx.sends().iter().all(|s| s.generation == g));
+    let a = t.agent("n1").unwrap();
+    assert_eq!((a.state, a.session), (AgentState::Ready, Some(g)));
+    assert_eq!(used(&t, "n1"), 1);
+}
+
+#[test]
+fn a_worker_of_a_pool_that_is_gone_is_terminated_when_its_node_returns() {
+    let (mut t, _) = cluster(2);
+    let mut spec = StartSpec {
+        daemon: true,
+        ..StartSpec::default()
+    };
+    spec.launch.function = Some(FunctionTarget {
+        program: "/bin/prog".into(),
+        pool_worker: Some(mpctl_proto::v1::PoolWorkerTarget {
+            pool_id: "pool-a".into(),
+            maxtasksperchild: 0,
+        }),
+        ..Default::default()
+    });
+    start(&mut t, spec, "w1");
+    assert_eq!(t.get("w1").unwrap().pool_id, "pool-a");
+    let g = t.take_generation();
+    let mut back = reg("n1", 2);
+    back.running = vec![("w1".into(), 77)];
+    let fx = agents::register(&mut t, back, g, Instant::now(), T0_MS);
+    assert!(fx.sends().iter().any(|s| s.msg
+        == ToNode::Signal {
+            process_id: "w1".into(),
+            signo: libc::SIGTERM,
+            tree: false,
+            request_id: 0
+        }));
+}
+
+#[test]
+fn a_queued_process_signalled_stops_with_minus_the_signal_and_never_runs() {
+    let (mut t, _) = cluster(1);
+    start(&mut t, cmd(&["a"]), "p1");
+    start(&mut t, cmd(&["b"]), "p2");
+    let SignalPlan::Stopped(fx) = procs::signal(&mut t, "p2", libc::SIGKILL, false, 5, T0_MS)
+        .expect("a queued process can be signalled")
+    else {
+        panic!("a queued process stops at once");
+    };
+    assert_eq!(saved(&fx), [("p2".into(), ProcState::Stopped)]);
+    assert!(fx.sends().is_empty());
+    assert_eq!(t.get("p2").unwrap().exitcode, Some(-9));
+    procs::launched(&mut t, "n1", "p1", 10, T0_MS);
+    let fx = procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    assert!(
+        launches(&fx).is_empty(),
+        "the signalled process stays stopped"
+    );
+    assert!(t.queued().is_empty());
+}
+
+#[test]
+fn a_signal_to_a_running_process_goes_to_its_node_and_a_stopped_one_is_left_alone() {
+    let (mut t, t0) = cluster(1);
+    start(&mut t, cmd(&["a"]), "p1");
+    procs::launched(&mut t, "n1", "p1", 10, T0_MS);
+    let SignalPlan::Sent {
+        node,
+        request_id,
+        effects,
+    } = procs::signal(&mut t, "p1", libc::SIGTERM, true, 5, T0_MS).unwrap()
+    else {
+        panic!("a running process is signalled through its node");
+    };
+    assert_eq!((node.as_str(), request_id), ("n1", 5));
+    assert_eq!(
+        effects.sends()[0].msg,
+        ToNode::Signal {
+            process_id: "p1".into(),
+            signo: libc::SIGTERM,
+            tree: true,
+            request_id: 5
+        }
+    );
+    agents::disconnected(&mut t, "n1", 1, LEASE, t0);
+    let e = procs::signal(&mut t, "p1", libc::SIGTERM, false, 6, T0_MS).unwrap_err();
+    assert!(matches!(e, CoreError::SignalNodeDown { .. }), "{e}");
+    agents::lease_expired(&mut t, "n1", LEASE, t0 + LEASE);
+    let e = procs::signal(&mut t, "p1", libc::SIGTERM, false, 7, T0_MS).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "process p1 is lost with its node n1; it cannot be signalled until the node comes back"
+    );
+    let e = procs::signal(&mut t, "nope", libc::SIGTERM, false, 8, T0_MS).unwrap_err();
+    assert!(matches!(e, CoreError::UnknownProcess(_)));
+}
+
+#[test]
+fn a_parents_exit_terminates_its_running_daemonic_children_and_stops_queued_ones() {
+    let (mut t, _) = cluster(2);
+    start(&mut t, cmd(&["parent"]), "p1");
+    procs::launched(&mut t, "n1", "p1", 10, T0_MS);
+    let child = |daemon: bool| {
+        let mut s = cmd(&["child"]);
+        s.parent_id = "p1".into();
+        s.daemon = daemon;
+        s
+    };
+    start(&mut t, child(true), "c1");
+    procs::launched(&mut t, "n1", "c1", 11, T0_MS);
+    start(&mut t, child(true), "c2"); // queued: both slots are taken
+    start(&mut t, child(false), "c3"); // not daemonic: left alone
+    assert_eq!(t.get("c1").unwrap().name, "Process-1:1");
+    assert_eq!(t.get("c3").unwrap().name, "Process-1:3");
+    assert_eq!(state(&t, "c2"), ProcState::Queued);
+    let fx = procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    let c2 = t.get("c2").unwrap();
+    assert_eq!((c2.state, c2.exitcode), (ProcState::Stopped, Some(-15)));
+    let signals: Vec<&ToNode> = fx
+        .sends()
+        .iter()
+        .map(|s| &s.msg)
+        .filter(|m| matches!(m, ToNode::Signal { .. }))
+        .collect();
+    assert_eq!(
+        signals,
+        [&ToNode::Signal {
+            process_id: "c1".into(),
+            signo: libc::SIGTERM,
+            tree: false,
+            request_id: 0
+        }]
+    );
+    // The freed slot goes to the non-daemonic child, not the stopped one.
+    assert_eq!(launches(&fx), [("n1".into(), "c3".into())]);
+}
+
+#[test]
+fn a_daemonic_process_may_not_have_children_and_an_unknown_parent_is_refused() {
+    let (mut t, _) = cluster(2);
+    let mut d = cmd(&["d"]);
+    d.daemon = true;
+    start(&mut t, d, "p1");
+    let mut c = cmd(&["c"]);
+    c.parent_id = "p1".into();
+    let e = procs::start(&mut t, c.clone(), ids(), T0_MS).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "daemonic processes are not allowed to have children (Process-1 is daemonic)"
+    );
+    c.parent_id = "nobody".into();
+    let e = procs::start(&mut t, c, ids(), T0_MS).unwrap_err();
+    assert_eq!(e.to_string(), "parent process \"nobody\" is unknown");
+}
+
+#[test]
+fn a_forks_child_is_recorded_on_its_parents_node_and_never_launched() {
+    let (mut t, _) = cluster(1);
+    start(&mut t, cmd(&["parent"]), "p1");
+    procs::launched(&mut t, "n1", "p1", 10, T0_MS);
+    let mut spec = StartSpec {
+        parent_id: "p1".into(),
+        method: Method::Fork,
+        ..StartSpec::default()
+    };
+    spec.placement.node = "n1".into();
+    spec.launch.function = Some(FunctionTarget {
+        program: "/bin/prog".into(),
+        function: "f".into(),
+        ..Default::default()
+    });
+    // No slot check: the child exists already.
+    let fx = start(&mut t, spec, "c1");
+    assert_eq!(saved(&fx), [("c1".into(), ProcState::Launching)]);
+    assert!(fx.sends().is_empty());
+    assert_eq!(used(&t, "n1"), 2);
+    procs::launched(&mut t, "n1", "c1", 20, T0_MS);
+    assert_eq!(state(&t, "c1"), ProcState::Started);
+}
+
+#[test]
+fn a_restored_table_keeps_its_indices() {
+    let (mut t, t0) = cluster(1);
+    let mut spec = cmd(&["a"]);
+    spec.request_id = "r".into();
+    start(&mut t, spec, "p1");
+    start(&mut t, cmd(&["b"]), "p2");
+    let procs: Vec<Proc> = t.procs().cloned().collect();
+    let agents = t.agents().values().cloned().collect();
+    let mut r = Table::restore(procs, agents, t.next_number());
+    assert_eq!(r.by_request("r"), Some("p1"));
+    assert_eq!(r.queued(), ["p2"]);
+    assert_eq!(r.agent("n1").unwrap().state, AgentState::Disconnected);
+    assert_eq!(r.session("n1"), None);
+    // The launch in flight holds its slot once the node is back.
+    let g = r.take_generation();
+    let fx = agents::register(&mut r, reg("n1", 1), g, t0, T0_MS);
+    assert_eq!(launches(&fx), [("n1".into(), "p1".into())]);
+    assert_eq!(r.agent("n1").unwrap().used(), 1);
+    assert_eq!(state(&r, "p2"), ProcState::Queued);
+}
+
+/// The shell around the transitions: a join wakes on its own process's
+/// change only. (This one has a store, in a temporary directory.)
+#[tokio::test(flavor = "current_thread")]
+async fn an_exit_wakes_only_the_joiners_of_that_process() {
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = crate::store::Store::open(&dir.path().join("state.db")).unwrap();
+    let core = super::Core::new(Table::new(1), store, super::Timings::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let g = core.register(reg("n1", 2), tx).await.unwrap();
+    let mut launched = Vec::new();
+    for _ in 0..2 {
+        let core2 = Arc::clone(&core);
+        let start = tokio::spawn(async move { core2.start(cmd(&["sleep", "9"])).await });
+        let msg = rx.recv().await.expect("a Launch after the commit");
+        let Some(mpctl_proto::v1::coordinator_message::Msg::Launch(l)) = msg.msg else {
+            panic!("expected a Launch, got {msg:?}");
+        };
+        core.launched("n1", &l.process_id, 100, T0_MS);
+        let p = start.await.unwrap().unwrap();
+        assert_eq!((p.state, p.pid), (ProcState::Started, 100));
+        launched.push(p.id);
+    }
+    let join = |id: String| {
+        let core = Arc::clone(&core);
+        tokio::spawn(async move { core.join(&id, None).await })
+    };
+    let (j1, j2) = (join(launched[0].clone()), join(launched[1].clone()));
+    while core.waited_on() < 2 {
+        tokio::task::yield_now().await;
+    }
+    core.exited("n1", g, exit(&launched[0], 5));
+    let (p, timed_out) = j1.await.unwrap().unwrap();
+    assert_eq!((p.exitcode, timed_out), (Some(5), false));
+    tokio::task::yield_now().await;
+    assert!(!j2.is_finished());
+    assert_eq!(core.waited_on(), 1, "only the other process is waited on");
+    core.exited("n1", g, exit(&launched[1], 6));
+    assert_eq!(j2.await.unwrap().unwrap().0.exitcode, Some(6));
+    assert_eq!(core.waited_on(), 0);
+}
