@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use mpctl_node::worker_frame;
 use mpctl_proto::v1::{
     agent_message::Msg, agent_to_worker, worker_to_agent, AgentToWorker, PoolTaskResult,
     PoolWorkerInitFailed, PoolWorkerReady, PoolWorkerResults, WorkerToAgent,
 };
-use mpctl_proto::worker_frame;
 use prost::Message;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
