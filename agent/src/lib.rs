@@ -18,6 +18,8 @@
 //! which use [`launcher`], `state`, [`logs`] and [`pool_relay`]; the error
 //! type is its own module.
 
+#![forbid(unsafe_code)]
+
 pub mod config;
 pub mod daemon;
 mod error;

@@ -27,3 +27,24 @@ pub enum FromAdopt {
     Adopted,
     Refused { error: String },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_shapes() {
+        assert_eq!(
+            serde_json::to_string(&FromAdopt::Adopted).unwrap(),
+            r#""adopted""#
+        );
+        assert_eq!(
+            serde_json::to_string(&ToAdopt::Adopt {
+                id: "p".into(),
+                pid: 9
+            })
+            .unwrap(),
+            r#"{"adopt":{"id":"p","pid":9}}"#
+        );
+    }
+}
