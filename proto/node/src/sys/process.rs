@@ -38,14 +38,16 @@ pub fn fork() -> io::Result<ForkResult> {
 /// The child's only thread is then a thread that never ran anything of the
 /// parent's: no async runtime entered, no thread-local state of a worker
 /// thread (a child forked from a tokio worker inherits "inside a runtime"
-/// and cannot start one of its own). The thread is named `main`, since it
-/// is the child's main thread.
+/// and cannot start one of its own). The thread is named `main` and has a
+/// main thread's usual stack (8 MiB, reserved, not touched), since it is
+/// the child's main thread.
 pub fn fork_from_fresh_thread<F>(child: F) -> io::Result<i32>
 where
     F: FnOnce() -> std::convert::Infallible + Send + 'static,
 {
     let forker = std::thread::Builder::new()
         .name("main".into())
+        .stack_size(8 << 20)
         .spawn(move || match fork()? {
             ForkResult::Child => match child() {},
             ForkResult::Parent { child } => Ok(child.as_raw()),
