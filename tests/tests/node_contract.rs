@@ -36,6 +36,12 @@ async fn run<A: serde::Serialize>(
 async fn real_time_signals_give_their_exit_codes_under_every_start_method() {
     let tc = TestCluster::with_agent(4);
     let c = tc.client().await;
+    // A forkserver's child has the server as its parent.
+    let server = run(&c, StartMethod::Forkserver, "parent_pid", &())
+        .await
+        .result::<i32>()
+        .unwrap()
+        .unwrap();
     for signo in [34, 37] {
         for method in [StartMethod::Spawn, StartMethod::Forkserver] {
             let p = run(&c, method, "raise_signal", &signo).await;
@@ -48,6 +54,12 @@ async fn real_time_signals_give_their_exit_codes_under_every_start_method() {
             "the forkserver after signal {signo}"
         );
         assert_eq!(next.result::<i64>().unwrap().unwrap(), 5);
+        let same = run(&c, StartMethod::Forkserver, "parent_pid", &()).await;
+        assert_eq!(
+            same.result::<i32>().unwrap().unwrap(),
+            server,
+            "the same forkserver serves after signal {signo}"
+        );
         // Fork: a managed parent forks the child, reaps it and reports it.
         let parent = run(
             &c,
