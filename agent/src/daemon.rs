@@ -7,74 +7,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mpctl_proto::bootstrap::MAX_RESULT;
+use mpctl_node::MAX_RESULT;
 use mpctl_proto::v1::Exited;
-use tokio::sync::{mpsc, RwLock};
+use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
-use crate::launcher::{ExitRecord, LauncherClient, LauncherError, LauncherEvent};
+pub use crate::error::AgentError;
+use crate::launcher::{ExitRecord, Launcher, LauncherClient, LauncherEvent};
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
 use crate::session::{self, Ctx};
 use crate::state::{exited_message, NodeState};
-
-#[derive(Debug, thiserror::Error)]
-pub enum AgentError {
-    #[error("agent data directory {path}: {source}")]
-    DataDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start or reach the node's launcher: {0}")]
-    Launcher(#[from] LauncherError),
-    #[error("cannot connect to the coordinator at {server}: {source}")]
-    Connect {
-        server: String,
-        #[source]
-        source: mpctl_transport::TransportError,
-    },
-    #[error("session with the coordinator at {server} ended: {status}")]
-    Session {
-        server: String,
-        status: tonic::Status,
-    },
-}
-
-impl AgentError {
-    /// Retrying cannot help: the coordinator refused our credentials.
-    fn is_fatal(&self) -> bool {
-        match self {
-            AgentError::Connect { source, .. } => matches!(
-                source,
-                mpctl_transport::TransportError::Rejected { .. }
-                    | mpctl_transport::TransportError::ServerNotAuthenticated { .. }
-                    | mpctl_transport::TransportError::RoleRefused { .. }
-            ),
-            AgentError::Session { status, .. } => {
-                matches!(
-                    status.code(),
-                    tonic::Code::PermissionDenied
-                        | tonic::Code::Unauthenticated
-                        | tonic::Code::InvalidArgument
-                )
-            }
-            _ => false,
-        }
-    }
-}
-
-/// The current launcher connection; replaced when the launcher restarts.
-#[derive(Clone)]
-pub struct Launcher {
-    inner: Arc<RwLock<LauncherClient>>,
-}
-
-impl Launcher {
-    pub async fn get(&self) -> LauncherClient {
-        self.inner.read().await.clone()
-    }
-}
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -98,9 +41,7 @@ pub async fn run(
         LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
     let state = Arc::new(NodeState::new());
     state.adopt(&hello.running, exit_reports(hello.exited));
-    let launcher = Launcher {
-        inner: Arc::new(RwLock::new(client)),
-    };
+    let launcher = Launcher::new(client);
     let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state)).map_err(|source| {
         AgentError::DataDir {
             path: config.data_dir.join(crate::pool_relay::POOL_SOCKET_FILE),
@@ -220,7 +161,7 @@ async fn watch_launcher(
         loop {
             match LauncherClient::connect_or_start(&dir, &cmd).await {
                 Ok((client, hello, new_events)) => {
-                    *launcher.inner.write().await = client;
+                    launcher.replace(client).await;
                     state.adopt(&hello.running, exit_reports(hello.exited));
                     events = new_events;
                     break;

@@ -1,19 +1,28 @@
 //! The mpctl node agent.
 //!
 //! Two processes cooperate on every node:
-//! - the **launcher** ([`launcher`]): small, single-threaded, long-lived; the real
-//!   parent of every managed process. It spawns, signals through pidfds, reaps,
-//!   copies output into size-capped files and journals every exit on disk
-//!   before it can be acknowledged. It outlives agent restarts.
+//! - the **launcher** (the `mpctl-launcher` crate, re-exported with the
+//!   agent's tokio client for it in [`launcher`]): small, single-threaded,
+//!   long-lived; the real parent of every managed process. It spawns,
+//!   signals through pidfds, reaps, copies output into size-capped files
+//!   and journals every exit on disk before it can be acknowledged. It
+//!   outlives agent restarts.
 //! - the **agent daemon** ([`daemon`]): keeps one authenticated gRPC stream to the
 //!   coordinator ([`session`]), turns its commands into launcher requests, reports
 //!   launches and exits (re-sending unacknowledged exits after any reconnect), and
 //!   serves process output ([`logs`], woken by one shared inotify instance in
 //!   `output_watch`), and relays pool workers' tasks and results over a
 //!   node-local socket ([`pool_relay`]).
+//!
+//! Modules only import downwards: [`daemon`] runs sessions ([`session`]),
+//! which use [`launcher`], `state`, [`logs`] and [`pool_relay`]; the error
+//! type is its own module.
+
+#![forbid(unsafe_code)]
 
 pub mod config;
 pub mod daemon;
+mod error;
 pub mod launcher;
 pub mod logs;
 mod output_watch;

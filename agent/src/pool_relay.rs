@@ -3,7 +3,7 @@
 //! A pool worker never opens a network connection. It connects to the
 //! agent's unix socket (`pool.sock` in the data directory), presents the key
 //! it found in its preparation data, and from then on receives its tasks and
-//! returns its results over that socket ([`mpctl_proto::worker_frame`]).
+//! returns its results over that socket ([`mpctl_node::worker_frame`]).
 //! The relay forwards tasks from the coordinator (holding them until the
 //! worker connects) and sends results up in batches: everything the worker
 //! wrote since the last read goes in one `PoolWorkerResults`.
@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use mpctl_node::worker_frame;
 use mpctl_proto::v1::{
     agent_message::Msg, agent_to_worker, worker_to_agent, AgentToWorker, PoolTaskResult,
     PoolWorkerInitFailed, PoolWorkerReady, PoolWorkerResults, WorkerToAgent,
 };
-use mpctl_proto::worker_frame;
 use prost::Message;
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mpctl_proto::bootstrap::{self, Preparation};
+use mpctl_node::{descriptors, env as node_env, Preparation, Security};
 use mpctl_proto::v1::{
     agent_message::Msg, agent_service_client::AgentServiceClient, agent_to_worker,
     coordinator_message::Msg as FromCoordinator, AgentMessage, Heartbeat, Launch, LaunchFailed,
@@ -18,8 +18,8 @@ use tokio::task::AbortHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::config::AgentConfig;
-use crate::daemon::{AgentError, Launcher};
-use crate::launcher::{Bootstrap, LaunchError, LaunchSpec};
+use crate::error::AgentError;
+use crate::launcher::{Bootstrap, LaunchError, LaunchSpec, Launcher};
 use crate::logs;
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
@@ -244,9 +244,9 @@ fn child_env(
         env.push((k.clone(), v.clone()));
     }
     for (k, v) in [
-        ("MPCTL_PROCESS_ID", id),
-        ("MPCTL_PROCESS_NAME", name),
-        ("MPCTL_NODE", config.name.as_str()),
+        (node_env::PROCESS_ID, id),
+        (node_env::PROCESS_NAME, name),
+        (node_env::NODE, config.name.as_str()),
     ] {
         env.retain(|(ek, _)| ek != k);
         env.push((k.into(), v.into()));
@@ -312,40 +312,37 @@ fn target(config: &AgentConfig, relay: &PoolRelay, l: &Launch) -> Result<Target,
             let args = String::from_utf8(f.args.clone())
                 .map_err(|_| "the function's arguments are not UTF-8 JSON".to_owned())?;
             let forkserver = l.start_method == StartMethod::Forkserver as i32;
-            let (pool_socket, pool_key, pool_maxtasks) = match &f.pool_worker {
-                Some(w) => (
-                    relay.socket().to_string_lossy().into_owned(),
+            let start_method = if forkserver {
+                mpctl_node::StartMethod::Forkserver
+            } else {
+                mpctl_node::StartMethod::Spawn
+            };
+            let security = match config.security {
+                mpctl_transport::Security::Tls => Security::Tls,
+                mpctl_transport::Security::PlaintextLoopback => Security::Plaintext,
+            };
+            let adopt_socket = config
+                .data_dir
+                .join("launcher")
+                .join(crate::launcher::ADOPT_SOCKET_FILE);
+            let mut prep = Preparation::new(
+                &l.process_id,
+                &l.name,
+                &config.name,
+                start_method,
+                &f.function,
+                args,
+            )
+            .parent(&l.parent_id)
+            .coordinator(&config.server, security, config.authkey.expose_hex())
+            .adopt_socket(adopt_socket.to_string_lossy());
+            if let Some(w) = &f.pool_worker {
+                prep = prep.pool_worker(
+                    relay.socket().to_string_lossy(),
                     relay.register(&l.process_id, &w.pool_id),
                     w.maxtasksperchild,
-                ),
-                None => (String::new(), String::new(), 0),
-            };
-            let prep = Preparation {
-                version: bootstrap::VERSION,
-                id: l.process_id.clone(),
-                name: l.name.clone(),
-                node: config.name.clone(),
-                parent_id: l.parent_id.clone(),
-                function: f.function.clone(),
-                args,
-                start_method: if forkserver { "forkserver" } else { "spawn" }.into(),
-                coordinator: config.server.clone(),
-                security: match config.security {
-                    mpctl_transport::Security::Tls => "tls",
-                    mpctl_transport::Security::PlaintextLoopback => "plaintext",
-                }
-                .into(),
-                authkey: config.authkey.expose_hex(),
-                adopt_socket: config
-                    .data_dir
-                    .join("launcher")
-                    .join(crate::launcher::ADOPT_SOCKET_FILE)
-                    .to_string_lossy()
-                    .into_owned(),
-                pool_socket,
-                pool_key,
-                pool_maxtasks,
-            };
+                );
+            }
             // An empty program: this agent's own executable (`mpctl`), whose
             // built-in functions run commands for command pools.
             let program = if f.program.is_empty() {
@@ -359,17 +356,12 @@ fn target(config: &AgentConfig, relay: &PoolRelay, l: &Launch) -> Result<Target,
             let mut argv = vec![program];
             argv.extend(f.program_args.iter().cloned());
             let mut env = f.env.clone();
-            env.insert(
-                bootstrap::ENV_BOOTSTRAP.into(),
-                format!("{},{}", bootstrap::PREP_FD, bootstrap::RESULT_FD),
-            );
+            env.insert(node_env::BOOTSTRAP.into(), descriptors::bootstrap_value());
             Ok(Target {
                 argv,
                 env,
                 cwd: f.cwd.clone(),
-                bootstrap: Some(
-                    serde_json::to_string(&prep).map_err(|e| format!("preparation data: {e}"))?,
-                ),
+                bootstrap: Some(prep.encode().map_err(|e| e.to_string())?),
                 forkserver: forkserver.then(|| f.preload.clone()),
             })
         }
@@ -414,7 +406,7 @@ async fn launch_inner(
         bootstrap: target.bootstrap.map(|prep| Bootstrap {
             prep,
             // One byte over the limit shows a result that was too large.
-            result_limit: bootstrap::MAX_RESULT as u64 + 1,
+            result_limit: mpctl_node::MAX_RESULT as u64 + 1,
         }),
         forkserver: target.forkserver,
         memory_limit: l.limits.map_or(0, |x| x.memory_bytes),

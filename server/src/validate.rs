@@ -13,7 +13,7 @@ pub const MAX_NAME: usize = 256;
 pub const MAX_LABELS: usize = 64;
 pub const MAX_WAIT_IDS: usize = 10_000;
 pub const MAX_SLOTS: u32 = 100_000;
-pub use mpctl_proto::bootstrap::{MAX_ARGS as MAX_FUNCTION_ARGS, MAX_RESULT};
+pub use mpctl_node::{MAX_ARGS as MAX_FUNCTION_ARGS, MAX_RESULT};
 
 fn bad(msg: String) -> Status {
     Status::invalid_argument(msg)

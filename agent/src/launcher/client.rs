@@ -21,12 +21,10 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout_at, Instant};
 
-use super::error::{LaunchError, LauncherError};
-use super::protocol::{
+use mpctl_launcher::protocol::{
     check_len, decode, encode, ExitRecord, FromLauncher, Hello, LaunchSpec, Launched, ToLauncher,
 };
-use super::setup::SOCKET_FILE;
-use super::sys;
+use mpctl_launcher::{LaunchError, LauncherError, SOCKET_FILE};
 
 /// Deadline for reaching a launcher, starting one included.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -365,14 +363,15 @@ async fn start_launcher(
         program: program.to_string_lossy().into_owned(),
         reason,
     };
-    let mut cmd = tokio::process::Command::new(program);
+    let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .arg("--dir")
         .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    sys::new_session_on_spawn(&mut cmd);
+    mpctl_node::sys::spawn::new_session(&mut cmd);
+    let mut cmd = tokio::process::Command::from(cmd);
     let mut child = cmd.spawn().map_err(|e| start_err(e.to_string()))?;
     let Some(stdout) = child.stdout.take() else {
         return Err(start_err("no stdout pipe".to_owned()));

@@ -12,7 +12,8 @@ use std::backtrace::Backtrace;
 use std::io::{Read, Write};
 use std::panic::{self, AssertUnwindSafe};
 
-use mpctl_proto::bootstrap::{Preparation, MAX_RESULT, PREP_FD, RESULT_FD, VERSION};
+use mpctl_node::descriptors::{self, PREP_FD, RESULT_FD};
+use mpctl_node::{Limits, Preparation, MAX_RESULT};
 
 use super::{set_current, sys as fds, CurrentProcess, Runtime, ADOPT_SOCKET, AUTHKEY, FORKED};
 
@@ -45,7 +46,7 @@ pub(super) fn panic_text(info: &panic::PanicHookInfo<'_>) -> (String, String) {
 
 /// Spawn: this program was exec'd with the bootstrap pipes on fds 3 and 4.
 pub fn run(runtime: &Runtime, fds: &str) -> ! {
-    let expected = format!("{PREP_FD},{RESULT_FD}");
+    let expected = descriptors::bootstrap_value();
     if fds != expected {
         fail(
             "(bootstrap)",
@@ -55,7 +56,7 @@ pub fn run(runtime: &Runtime, fds: &str) -> ! {
     // Children of this process are not function targets by inheritance.
     // `Runtime::init` runs first in `main`, before any thread exists.
     #[allow(clippy::disallowed_methods)]
-    std::env::remove_var(mpctl_proto::bootstrap::ENV_BOOTSTRAP);
+    std::env::remove_var(mpctl_node::env::BOOTSTRAP);
     run_prepared(runtime)
 }
 
@@ -70,7 +71,7 @@ pub fn run_prepared(runtime: &Runtime) -> ! {
         ),
     };
     let name = prep.name.clone();
-    let result_pipe = match fds::adopt_pipe(RESULT_FD) {
+    let result_pipe = match fds::bootstrap_pipe(RESULT_FD) {
         Ok(f) => f,
         Err(e) => fail(&name, &format!("cannot open the result pipe: {e}")),
     };
@@ -82,13 +83,11 @@ pub fn run_forked(
     runtime: &Runtime,
     prep: Preparation,
     result_pipe: std::fs::File,
-    (memory_bytes, cpu_seconds): (u64, u64),
+    limits: Limits,
 ) -> ! {
     FORKED.store(true, std::sync::atomic::Ordering::SeqCst);
-    let setup = fds::forked_child_setup().and_then(|()| {
-        mpctl_proto::bootstrap::apply_limits(memory_bytes, cpu_seconds).map_err(Into::into)
-    });
-    if let Err(e) = setup {
+    // stdout and stderr stay the parent's, as in CPython.
+    if let Err(e) = fds::set_up_forked_child(&[], limits) {
         fail(&prep.name, &format!("setting up the forked child: {e}"));
     }
     execute(runtime, prep, result_pipe)
@@ -103,10 +102,9 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
         node: prep.node.clone(),
         parent_id: prep.parent_id.clone(),
         coordinator: prep.coordinator.clone(),
-        security: if prep.security == "plaintext" {
-            mpctl_transport::Security::PlaintextLoopback
-        } else {
-            mpctl_transport::Security::Tls
+        security: match prep.security {
+            mpctl_node::Security::Plaintext => mpctl_transport::Security::PlaintextLoopback,
+            mpctl_node::Security::Tls => mpctl_transport::Security::Tls,
         },
     });
     if let Some(key) = mpctl_transport::AuthKey::from_hex(&prep.authkey) {
@@ -115,7 +113,7 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
     if !prep.adopt_socket.is_empty() {
         let _ = ADOPT_SOCKET.set(prep.adopt_socket.clone());
     }
-    if !prep.pool_socket.is_empty() {
+    if prep.as_pool_worker().is_some() {
         drop(result_pipe);
         super::pool_worker::serve(runtime, prep)
     }
@@ -165,16 +163,9 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
 }
 
 fn read_preparation() -> Result<Preparation, String> {
-    let mut pipe = fds::adopt_pipe(PREP_FD).map_err(|e| e.to_string())?;
+    let mut pipe = fds::bootstrap_pipe(PREP_FD).map_err(|e| e.to_string())?;
     let mut text = String::new();
     pipe.read_to_string(&mut text).map_err(|e| e.to_string())?;
     drop(pipe);
-    let prep: Preparation = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    if prep.version != VERSION {
-        return Err(format!(
-            "version {} from the agent, this program speaks {VERSION}; rebuild it against the agent's mpctl",
-            prep.version
-        ));
-    }
-    Ok(prep)
+    Preparation::decode(&text).map_err(|e| e.to_string())
 }

@@ -9,20 +9,18 @@
 //! reports each exit; if it dies, its children are re-parented to the
 //! launcher (a subreaper), which still collects their exit codes.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 
-use mpctl_proto::bootstrap::{
-    FromForkserver, ToForkserver, ENV_FORKSERVER, ENV_PRELOAD, FORKSERVER_FD,
-    MAX_FORKSERVER_MESSAGE, PREP_FD, RESULT_FD,
-};
+use mpctl_node::descriptors::FORKSERVER_FD;
+use mpctl_node::env::{FORKSERVER as ENV_FORKSERVER, PRELOAD as ENV_PRELOAD};
+use mpctl_node::forkserver::{FromForkserver, ToForkserver, START_FDS};
+use mpctl_node::seqpacket::{self, Received};
+use mpctl_node::Limits;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::socket::{recvmsg, send, ControlMessageOwned, MsgFlags, UnixAddr};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::ForkResult;
 
 use super::{bootstrap, sys, Runtime};
@@ -33,12 +31,7 @@ fn die(message: &str) -> ! {
 }
 
 fn tell(sock: &OwnedFd, msg: &FromForkserver) {
-    let bytes = serde_json::to_vec(msg).expect("forkserver messages serialize");
-    if let Err(e) = send(
-        std::os::fd::AsRawFd::as_raw_fd(sock),
-        &bytes,
-        MsgFlags::MSG_NOSIGNAL,
-    ) {
+    if let Err(e) = seqpacket::send(sock.as_fd(), msg, &[]) {
         die(&format!("the launcher's socket failed: {e}"));
     }
 }
@@ -53,7 +46,7 @@ pub fn serve(runtime: &Runtime, fd: &str) -> ! {
     let preload = std::env::var(ENV_PRELOAD).unwrap_or_default();
     #[allow(clippy::disallowed_methods)]
     std::env::remove_var(ENV_PRELOAD);
-    let sock = sys::adopt_socket(FORKSERVER_FD).unwrap_or_else(|e| die(&e.to_string()));
+    let sock = sys::forkserver_socket(FORKSERVER_FD).unwrap_or_else(|e| die(&e.to_string()));
 
     for name in preload.split(',').filter(|n| !n.is_empty()) {
         let Some(hook) = runtime.preloads.get(name) else {
@@ -120,76 +113,50 @@ pub fn serve(runtime: &Runtime, fd: &str) -> ! {
 /// Reports every child that has exited.
 fn reap(sock: &OwnedFd) {
     loop {
-        let (pid, exitcode) = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, code),
-            Ok(WaitStatus::Signaled(pid, sig, _)) => (pid, -(sig as i32)),
-            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-            Ok(_) => continue,
+        match sys::reap_any() {
+            Ok(Some(r)) => tell(
+                sock,
+                &FromForkserver::Exited {
+                    pid: r.pid,
+                    exitcode: r.exitcode,
+                },
+            ),
+            Ok(None) => return,
             Err(e) => die(&format!("waitpid: {e}")),
-        };
-        tell(
-            sock,
-            &FromForkserver::Exited {
-                pid: pid.as_raw(),
-                exitcode,
-            },
-        );
+        }
     }
 }
 
 /// Receives one start and forks its child.
 fn serve_one(runtime: &Runtime, sock: &OwnedFd, sigfd: &SignalFd) {
-    let mut buf = vec![0u8; MAX_FORKSERVER_MESSAGE];
-    let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 4]);
-    let (len, received) = {
-        let mut iov = [io::IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<UnixAddr>(
-            std::os::fd::AsRawFd::as_raw_fd(sock),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::MSG_CMSG_CLOEXEC,
-        ) {
-            Ok(m) => m,
-            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => return,
-            Err(e) => die(&format!("receiving a start: {e}")),
-        };
-        let mut received: Vec<OwnedFd> = Vec::new();
-        if let Ok(cmsgs) = msg.cmsgs() {
-            for c in cmsgs {
-                if let ControlMessageOwned::ScmRights(fds) = c {
-                    received.extend(fds.into_iter().map(sys::adopt_received));
-                }
-            }
-        }
-        (msg.bytes, received)
-    };
-    if len == 0 {
+    let (msg, received) = match seqpacket::recv::<ToForkserver>(sock.as_fd(), true) {
+        Ok(Received::Message(msg, fds)) => (msg, fds),
+        Ok(Received::WouldBlock) => return,
         // The launcher is gone: so is our reason to exist.
-        std::process::exit(0);
-    }
-    let (id, limits) = match serde_json::from_slice::<ToForkserver>(&buf[..len]) {
-        Ok(ToForkserver::Start {
-            id,
-            memory_bytes,
-            cpu_seconds,
-        }) => (id, (memory_bytes, cpu_seconds)),
-        Err(e) => die(&format!("malformed start: {e}")),
+        Ok(Received::Closed) => std::process::exit(0),
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => die(&format!("malformed start: {e}")),
+        Err(e) => die(&format!("receiving a start: {e}")),
     };
-    if received.len() != 4 {
+    let ToForkserver::Start { id, limits } = msg;
+    if received.len() != START_FDS.len() {
         tell(
             sock,
             &FromForkserver::StartFailed {
                 id,
                 error: format!(
-                    "the start carried {} descriptors, expected 4",
-                    received.len()
+                    "the start carried {} descriptors, expected {}",
+                    received.len(),
+                    START_FDS.len()
                 ),
             },
         );
         return;
     }
     // Above 9, so placing them at 1..4 in the child clobbers none of them.
-    let moved: io::Result<Vec<OwnedFd>> = received.iter().map(sys::dup_above).collect();
+    let moved: io::Result<Vec<OwnedFd>> = received
+        .iter()
+        .map(|fd| sys::dup_above(fd.as_fd()))
+        .collect();
     drop(received);
     let fds = match moved {
         Ok(f) => f,
@@ -199,10 +166,7 @@ fn serve_one(runtime: &Runtime, sock: &OwnedFd, sigfd: &SignalFd) {
             return;
         }
     };
-    let server_fds = [
-        std::os::fd::AsRawFd::as_raw_fd(sock),
-        std::os::fd::AsRawFd::as_raw_fd(sigfd),
-    ];
+    let server_fds = [sock.as_raw_fd(), sigfd.as_raw_fd()];
     match sys::fork() {
         Ok(ForkResult::Child) => child(runtime, fds, server_fds, limits),
         Ok(ForkResult::Parent { child }) => {
@@ -232,7 +196,7 @@ fn child(
     runtime: &Runtime,
     fds: Vec<OwnedFd>,
     server_fds: [std::os::fd::RawFd; 2],
-    (memory_bytes, cpu_seconds): (u64, u64),
+    limits: Limits,
 ) -> ! {
     // The server's socket and signalfd are not the child's (close-on-exec
     // does not help: it never execs). Closed first: the socket sits on fd 3,
@@ -240,25 +204,13 @@ fn child(
     for fd in server_fds {
         sys::close_inherited(fd);
     }
-    let setup = || -> io::Result<()> {
-        let null = OwnedFd::from(File::open("/dev/null")?);
-        sys::place(&null, 0)?;
-        // Now, not later: it may have been given fd 3 or 4, where the
-        // bootstrap pipes go next.
-        drop(null);
-        for (fd, target) in fds.iter().zip([1, 2, PREP_FD, RESULT_FD]) {
-            sys::place(fd, target)?;
-        }
-        nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
-        mpctl_proto::bootstrap::apply_limits(memory_bytes, cpu_seconds)?;
-        Ok(())
-    };
-    if let Err(e) = setup() {
+    let placed: Vec<_> = fds.iter().map(AsFd::as_fd).zip(START_FDS).collect();
+    if let Err(e) = sys::set_up_forked_child(&placed, limits) {
         eprintln!("mpctl forkserver child: setting up: {e}");
         std::process::exit(1);
     }
     // The copies above 9 go too; what the preload opened stays, as in CPython.
+    drop(placed);
     drop(fds);
     bootstrap::run_prepared(runtime)
 }

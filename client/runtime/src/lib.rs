@@ -190,7 +190,7 @@ impl Runtime {
     /// Otherwise returns at once. Call it first in `main`, before any thread
     /// exists (a forkserver forks).
     pub fn init(self) {
-        use mpctl_proto::bootstrap::{ENV_BOOTSTRAP, ENV_FORKSERVER};
+        use mpctl_node::env::{BOOTSTRAP as ENV_BOOTSTRAP, FORKSERVER as ENV_FORKSERVER};
         let _ = RUNTIME.set(self);
         let Some(runtime) = RUNTIME.get() else {
             return;

@@ -10,12 +10,11 @@ use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{self, AssertUnwindSafe};
 
-use mpctl_proto::bootstrap::Preparation;
+use mpctl_node::{worker_frame, Preparation};
 use mpctl_proto::v1::{
     agent_to_worker, worker_to_agent, AgentToWorker, PoolErrorKind, PoolTask, PoolTaskError,
     PoolTaskResult, WorkerHello, WorkerInitFailed, WorkerReady, WorkerToAgent,
 };
-use mpctl_proto::worker_frame;
 use serde_json::value::RawValue;
 
 use super::Runtime;
@@ -31,17 +30,21 @@ thread_local! {
 pub fn serve(runtime: &Runtime, prep: Preparation) -> ! {
     let name = prep.name.clone();
     let fail = |message: String| -> ! { super::bootstrap::fail(&name, &message) };
-    let mut sock = match UnixStream::connect(&prep.pool_socket) {
+    let Some(pool) = prep.as_pool_worker() else {
+        fail("started as a pool worker without a pool socket".into())
+    };
+    let maxtasks = pool.maxtasks;
+    let mut sock = match UnixStream::connect(pool.socket) {
         Ok(s) => s,
         Err(e) => fail(format!(
             "cannot reach the agent's pool socket {}: {e}",
-            prep.pool_socket
+            pool.socket
         )),
     };
     let hello = WorkerToAgent {
         msg: Some(worker_to_agent::Msg::Hello(WorkerHello {
             process_id: prep.id.clone(),
-            key: prep.pool_key.clone(),
+            key: pool.key.to_owned(),
         })),
     };
     if let Err(e) = sock.write_all(&worker_frame::encode(&hello)) {
@@ -100,7 +103,7 @@ pub fn serve(runtime: &Runtime, prep: Preparation) -> ! {
                         fail(format!("cannot send a result to the agent: {e}"));
                     }
                     done += 1;
-                    if prep.pool_maxtasks > 0 && done >= prep.pool_maxtasks {
+                    if maxtasks > 0 && done >= maxtasks {
                         super::exit(0);
                     }
                 }

@@ -330,31 +330,27 @@ impl Process {
             }
             Err(s) => return Err(Error::rpc("start", "", s)),
         };
-        let prep = mpctl_proto::bootstrap::Preparation {
-            version: mpctl_proto::bootstrap::VERSION,
-            id: info.id.clone(),
-            name: info.name.clone(),
-            node: me.node.clone(),
-            parent_id: me.id.clone(),
-            function: f.function.clone(),
-            args: String::from_utf8_lossy(&f.args).into_owned(),
-            start_method: "fork".into(),
-            coordinator: addr,
-            security: match security {
-                crate::Security::Tls => "tls",
-                crate::Security::PlaintextLoopback => "plaintext",
-            }
-            .into(),
-            authkey: key.expose_hex(),
-            adopt_socket: String::new(),
-            pool_socket: String::new(),
-            pool_key: String::new(),
-            pool_maxtasks: 0,
+        let security = match security {
+            crate::Security::Tls => mpctl_node::Security::Tls,
+            crate::Security::PlaintextLoopback => mpctl_node::Security::Plaintext,
         };
+        let prep = mpctl_node::Preparation::new(
+            &info.id,
+            &info.name,
+            &me.node,
+            mpctl_node::StartMethod::Fork,
+            &f.function,
+            String::from_utf8_lossy(&f.args),
+        )
+        .parent(&me.id)
+        .coordinator(addr, security, key.expose_hex());
         let limits = self
             .request
             .limits
-            .map_or((0, 0), |l| (l.memory_bytes, l.cpu_seconds));
+            .map_or_else(Default::default, |l| mpctl_node::Limits {
+                memory_bytes: l.memory_bytes,
+                cpu_seconds: l.cpu_seconds,
+            });
         let pid = fork::start(prep, limits).map_err(|message| Error::Start {
             message: format!("cannot fork {}: {message}", info.name),
         })?;

@@ -268,6 +268,59 @@ fn fork_and_join((function, arg): (String, serde_json::Value)) -> Option<i32> {
     })
 }
 
+/// Dies of signal `signo` (any number, real-time ones included).
+fn raise_signal(signo: i32) {
+    let _ = mpctl_node::sys::pidfd::kill(std::process::id() as i32, signo);
+    // Delivered before kill returns to a single-threaded process; never
+    // return a result if it was not.
+    loop {
+        std::thread::sleep(Duration::from_secs(60));
+    }
+}
+
+/// What a forked child saw of the grandchild it started and joined.
+#[derive(Serialize, serde::Deserialize)]
+struct GrandchildReport {
+    name: String,
+    exitcode: Option<i32>,
+}
+
+/// Runs in a forked child, on its main thread: starts a child with start
+/// method `method` that exits 7, joins it, and reports it.
+fn start_and_join_grandchild(method: String) -> GrandchildReport {
+    let method = match method.as_str() {
+        "spawn" => mpctl::StartMethod::Spawn,
+        "forkserver" => mpctl::StartMethod::Forkserver,
+        _ => mpctl::StartMethod::Fork,
+    };
+    block_on(async move {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut p = mpctl::Process::function(&cluster, "exit_with", &7)
+            .unwrap()
+            .start_method(method);
+        p.start().await.expect("start the grandchild");
+        p.join(None).await.unwrap();
+        GrandchildReport {
+            name: p.name().to_owned(),
+            exitcode: p.exitcode(),
+        }
+    })
+}
+
+/// Forks a child that starts and joins its own child (by `method`);
+/// reports the forked child's exit code and what it saw.
+fn fork_a_parent(method: String) -> (Option<i32>, Option<GrandchildReport>) {
+    block_on(async move {
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut p = mpctl::Process::function(&cluster, "start_and_join_grandchild", &method)
+            .unwrap()
+            .start_method(mpctl::StartMethod::Fork);
+        p.start().await.expect("fork");
+        p.join(None).await.unwrap();
+        (p.exitcode(), p.result().and_then(Result::ok))
+    })
+}
+
 /// This process's (RLIMIT_AS, RLIMIT_CPU) soft limits; u64::MAX is none.
 fn rlimits(_: ()) -> (u64, u64) {
     use nix::sys::resource::{getrlimit, Resource};
@@ -278,6 +331,9 @@ fn rlimits(_: ()) -> (u64, u64) {
 fn main() {
     Runtime::new()
         .function("rlimits", rlimits)
+        .function("raise_signal", raise_signal)
+        .function("start_and_join_grandchild", start_and_join_grandchild)
+        .function("fork_a_parent", fork_a_parent)
         .function("seed_test", seed_test)
         .function("fork_orphan", fork_orphan)
         .function("gate_then_exit", gate_then_exit)

@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 
-use super::protocol::{encode, FrameBuffer, FromLauncher, ToLauncher};
+use crate::protocol::{encode, FrameBuffer, FromLauncher, ToLauncher};
 
 /// Queued output beyond this means the agent stopped reading: drop it.
 const MAX_QUEUED: usize = 64 << 20;

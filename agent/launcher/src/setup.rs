@@ -11,8 +11,9 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-use super::error::LauncherError;
-use super::sys;
+use mpctl_node::sys::{fds, signals};
+
+use crate::error::LauncherError;
 
 /// Lock file; holds the pid of the launcher that owns the directory.
 pub const LOCK_FILE: &str = "launcher.lock";
@@ -51,8 +52,8 @@ pub fn lock_dir(dir: &Path) -> Result<Option<Flock<File>>, LauncherError> {
 
 /// Subreaper, signal dispositions, the blocked signal set and its signalfd.
 pub fn signals() -> Result<SignalFd, LauncherError> {
-    sys::cloexec_inherited_fds().map_err(|e| LauncherError::setup("cloexec", e))?;
-    sys::set_signal_dispositions().map_err(|e| LauncherError::setup("signal dispositions", e))?;
+    fds::cloexec_inherited().map_err(|e| LauncherError::setup("cloexec", e))?;
+    signals::for_signalfd().map_err(|e| LauncherError::setup("signal dispositions", e))?;
     nix::sys::prctl::set_child_subreaper(true)
         .map_err(|e| LauncherError::setup("PR_SET_CHILD_SUBREAPER", e))?;
     let mut mask = SigSet::empty();

@@ -11,7 +11,7 @@ use thiserror::Error;
 /// A malformed or oversized frame on the launcher socket.
 #[derive(Debug, Error)]
 pub enum ProtocolError {
-    /// The length prefix announced a frame larger than [`crate::launcher::protocol::MAX_FRAME`].
+    /// The length prefix announced a frame larger than [`crate::protocol::MAX_FRAME`].
     #[error("frame of {len} bytes exceeds the {max} byte limit")]
     FrameTooLarge { len: u64, max: usize },
     /// The frame body is not a valid message.

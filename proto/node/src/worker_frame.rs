@@ -1,6 +1,6 @@
-//! Framing on a node's pool socket (agent ↔ pool worker): a 4-byte
-//! big-endian length, then one protobuf message (`WorkerToAgent` or
-//! `AgentToWorker`). Lengths are bounded by [`MAX_FRAME`] on both sides.
+//! Framing on a node's pool socket (agent ↔ pool worker,
+//! `docs/node-contract.md` §9): a 4-byte big-endian length, then one
+//! protobuf message (`mpctl.v1.WorkerToAgent` or `AgentToWorker`). Lengths are bounded by [`MAX_FRAME`] on both sides.
 
 use prost::Message;
 
@@ -50,25 +50,25 @@ pub fn read_blocking<M: Message + Default>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::v1::{worker_to_agent::Msg, WorkerHello, WorkerToAgent};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Probe {
+        #[prost(string, tag = "1")]
+        key: String,
+    }
 
     #[test]
     fn a_frame_reads_back_and_an_oversized_header_is_refused() {
-        let msg = WorkerToAgent {
-            msg: Some(Msg::Hello(WorkerHello {
-                process_id: "abc".into(),
-                key: "k".into(),
-            })),
-        };
+        let msg = Probe { key: "k".into() };
         let bytes = encode(&msg);
         let mut r = bytes.as_slice();
-        assert_eq!(read_blocking::<WorkerToAgent>(&mut r).unwrap(), Some(msg));
-        assert_eq!(read_blocking::<WorkerToAgent>(&mut r).unwrap(), None);
+        assert_eq!(read_blocking::<Probe>(&mut r).unwrap(), Some(msg));
+        assert_eq!(read_blocking::<Probe>(&mut r).unwrap(), None);
         let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
         assert!(body_len(huge).is_err());
         let mut r = &huge[..];
         assert_eq!(
-            read_blocking::<WorkerToAgent>(&mut r).unwrap_err().kind(),
+            read_blocking::<Probe>(&mut r).unwrap_err().kind(),
             std::io::ErrorKind::InvalidData
         );
     }

@@ -1,8 +1,9 @@
-//! Starting one managed process and decoding its wait status.
+//! Starting one managed process, and the pipes of a start through a
+//! forkserver.
 //!
 //! `std::process::Command` does the spawn. The child gets an empty signal
 //! mask and default dispositions for every signal (see
-//! [`sys::clean_signals_on_spawn`]: std alone leaves the launcher's blocked
+//! [`spawn::clean_signals`]: std alone leaves the launcher's blocked
 //! signals blocked in the child), a cleared and then
 //! exactly specified environment, stdin on `/dev/null`, stdout and stderr on
 //! pipes, and its own process group (so a `tree` signal reaches its
@@ -12,9 +13,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
-use super::output::OutPipe;
-use super::protocol::{Bootstrap, LaunchSpec};
-use super::{log, sys};
+use mpctl_node::descriptors::{PREP_FD, RESULT_FD};
+use mpctl_node::sys::{fds, pidfd, spawn};
+use mpctl_node::Limits;
+
+use crate::log;
+use crate::output::OutPipe;
+use crate::protocol::{Bootstrap, LaunchSpec};
 
 /// A freshly started child.
 #[derive(Debug)]
@@ -64,8 +69,8 @@ fn bootstrap_pipes(b: &Bootstrap) -> Result<BootstrapPipes, String> {
     let (result_read, result_write) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| io("pipe", e))?;
     Ok(BootstrapPipes {
-        child_prep: sys::dup_above(prep_read.as_fd()).map_err(|e| format!("dup: {e}"))?,
-        child_result: sys::dup_above(result_write.as_fd()).map_err(|e| format!("dup: {e}"))?,
+        child_prep: fds::dup_above(prep_read.as_fd()).map_err(|e| format!("dup: {e}"))?,
+        child_result: fds::dup_above(result_write.as_fd()).map_err(|e| format!("dup: {e}"))?,
         result_read,
     })
 }
@@ -88,23 +93,26 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
-    sys::clean_signals_on_spawn(&mut cmd);
-    if spec.memory_limit > 0 || spec.cpu_limit > 0 {
-        sys::limits_on_spawn(&mut cmd, spec.memory_limit, spec.cpu_limit);
+    spawn::clean_signals(&mut cmd);
+    let limits = limits(spec);
+    if !limits.is_none() {
+        spawn::limits(&mut cmd, limits);
     }
     let bootstrap = spec.bootstrap.as_ref().map(bootstrap_pipes).transpose()?;
     if let Some(b) = &bootstrap {
-        sys::bootstrap_fds_on_spawn(
+        spawn::fds_at(
             &mut cmd,
-            b.child_prep.as_raw_fd(),
-            b.child_result.as_raw_fd(),
+            vec![
+                (b.child_prep.as_raw_fd(), PREP_FD),
+                (b.child_result.as_raw_fd(), RESULT_FD),
+            ],
         );
     }
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     // The pid stays ours until we reap it with waitpid; `child` is dropped
     // without waiting (dropping a std Child neither kills nor reaps).
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
-    let pidfd = match sys::pidfd_open(pid) {
+    let pidfd = match pidfd::pidfd_open(pid) {
         Ok(fd) => Some(fd),
         Err(e) => {
             log(format_args!("pidfd_open({pid}) for {}: {e}", spec.id));
@@ -135,7 +143,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
         Err(e) => {
             // Never leave a process running that nobody tracks; it is reaped
             // later as an unknown pid.
-            let _ = sys::kill(pid, libc::SIGKILL);
+            let _ = pidfd::kill(pid, libc::SIGKILL);
             return Err(e);
         }
     };
@@ -180,28 +188,10 @@ pub fn forkserver_child(spec: &LaunchSpec) -> Result<([OwnedFd; 4], Vec<OutPipe>
     ))
 }
 
-/// CPython's `waitstatus_to_exitcode`: the exit status, or `-N` for a
-/// death by signal `N`. `None` for stop/continue notifications.
-pub fn exitcode(status: i32) -> Option<i32> {
-    if libc::WIFEXITED(status) {
-        Some(libc::WEXITSTATUS(status))
-    } else if libc::WIFSIGNALED(status) {
-        Some(-libc::WTERMSIG(status))
-    } else {
-        None
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exitcode;
-
-    #[test]
-    fn exitcodes_follow_cpython() {
-        assert_eq!(exitcode(3 << 8), Some(3));
-        assert_eq!(exitcode(0), Some(0));
-        assert_eq!(exitcode(9), Some(-9));
-        assert_eq!(exitcode(15 | 0x80), Some(-15)); // core dumped
-        assert_eq!(exitcode(0x137f), None); // stopped by SIGSTOP
+/// The rlimits of `spec`.
+pub fn limits(spec: &LaunchSpec) -> Limits {
+    Limits {
+        memory_bytes: spec.memory_limit,
+        cpu_seconds: spec.cpu_limit,
     }
 }
