@@ -293,6 +293,18 @@ pub fn to_node(m: ToNode) -> CoordinatorMessage {
             request_id,
         }),
         ToNode::AckExit(process_id) => ToAgent::AckExit(pb::AckExit { process_id }),
+        ToNode::ReadLogs {
+            request_id,
+            process_id,
+            stream,
+            follow,
+        } => ToAgent::ReadLogs(pb::ReadLogs {
+            request_id,
+            process_id,
+            stream: log_stream(stream) as i32,
+            follow,
+        }),
+        ToNode::CancelLogs(request_id) => ToAgent::CancelLogs(pb::CancelLogs { request_id }),
     };
     CoordinatorMessage { msg: Some(msg) }
 }

@@ -4,6 +4,7 @@
 //! [`Effects`]; [`super::outbox::Outbox`] is the one place that carries
 //! them out, so every transition is tested by looking at what it returned.
 
+use super::logs::Output;
 use super::model::{Agent, Proc};
 
 /// One row to upsert.
@@ -27,6 +28,15 @@ pub enum ToNode {
         request_id: u64,
     },
     AckExit(String),
+    /// Start a reader of a process's output for a `Logs` caller.
+    ReadLogs {
+        request_id: u64,
+        process_id: String,
+        stream: Output,
+        follow: bool,
+    },
+    /// Stop that reader.
+    CancelLogs(u64),
 }
 
 /// A message for one session of one node: a session that has ended since

@@ -45,7 +45,7 @@ use mpctl_proto::v1::{coordinator_message::Msg as ToAgent, CoordinatorMessage};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use effects::Effects;
+use effects::{Effects, ToNode};
 pub use error::CoreError;
 use logs::{Chunk, Delivery, LogReader, LogRoutes, Output};
 use model::{Agent, ExitReport, Method, Proc, ProcState, Registration, SignalAnswer, StartSpec};

@@ -16,7 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use mpctl_proto::v1::CoordinatorMessage;
 use tokio::sync::mpsc;
 
-use super::effects::{Effects, Row};
+use super::effects::{Effects, Row, ToNode};
 use crate::store::{Batch, Op, Pending, Store};
 use crate::wire;
 
@@ -92,7 +92,12 @@ impl Outbox {
 
     /// Sends at once, with no commit to wait for. False when `node` is not
     /// connected.
-    pub fn send_now(&self, node: &str, msg: CoordinatorMessage) -> bool {
+    pub fn send_now(&self, node: &str, msg: ToNode) -> bool {
+        self.forward(node, wire::to_node(msg))
+    }
+
+    /// Sends a message made at another edge (a pool driver's) unchanged.
+    pub fn forward(&self, node: &str, msg: CoordinatorMessage) -> bool {
         match self.sessions().get(node) {
             Some(s) => s.tx.send(msg).is_ok(),
             None => false,

@@ -32,13 +32,11 @@ impl Core {
         };
         let request_id = self.request_id();
         let reader = self.logs.open(request_id, &node);
-        let read = CoordinatorMessage {
-            msg: Some(ToAgent::ReadLogs(mpctl_proto::v1::ReadLogs {
-                request_id,
-                process_id: id.to_owned(),
-                stream: crate::wire::log_stream(which) as i32,
-                follow,
-            })),
+        let read = ToNode::ReadLogs {
+            request_id,
+            process_id: id.to_owned(),
+            stream: which,
+            follow,
         };
         if !self.outbox.send_now(&node, read) {
             self.logs.remove(request_id);
@@ -58,14 +56,7 @@ impl Core {
     }
 
     fn send_cancel(&self, node: &str, request_id: u64) {
-        self.outbox.send_now(
-            node,
-            CoordinatorMessage {
-                msg: Some(ToAgent::CancelLogs(mpctl_proto::v1::CancelLogs {
-                    request_id,
-                })),
-            },
-        );
+        self.outbox.send_now(node, ToNode::CancelLogs(request_id));
     }
 
     /// Output (or its end) from a node's reader; never takes the table lock.

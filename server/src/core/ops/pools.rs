@@ -9,7 +9,7 @@ impl Core {
     /// table lock. False when the node is not connected.
     pub fn send_to_node(&self, node: &str, msg: ToAgent) -> bool {
         self.outbox
-            .send_now(node, CoordinatorMessage { msg: Some(msg) })
+            .forward(node, CoordinatorMessage { msg: Some(msg) })
     }
 
     /// Pools whose driver runs in this coordinator; a node's running worker
