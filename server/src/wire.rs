@@ -115,6 +115,7 @@ pub fn start_spec(r: StartRequest) -> StartSpec {
         placement: placement_from(r.placement),
         daemon: r.daemon,
         parent_id: r.parent_id,
+        child_number: r.child_number,
         method: method_from(r.start_method),
         launch: LaunchSpec {
             command: r.command,
@@ -164,6 +165,12 @@ pub fn start_row(p: &Proc) -> StartRequest {
         log_limit_bytes: p.launch.log_limit_bytes,
         function: p.launch.function.clone(),
         limits: p.launch.limits,
+        // The row's identity holds the number; kept here for a faithful row.
+        child_number: if p.parent_id.is_empty() {
+            0
+        } else {
+            p.identity.last().copied().unwrap_or(0)
+        },
     }
 }
 

@@ -42,7 +42,7 @@ mod sys;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use serde::de::DeserializeOwned;
@@ -82,8 +82,26 @@ static ADOPT_SOCKET: OnceLock<String> = OnceLock::new();
 /// parent's exit handlers (as CPython's `os._exit` in fork children).
 static FORKED: AtomicBool = AtomicBool::new(false);
 
+/// How many Process objects this process has made (CPython's `_counter`
+/// of the current process); starts again in every new process, a forked
+/// child included.
+static CHILDREN_MADE: AtomicU32 = AtomicU32::new(0);
+
 fn set_current(me: CurrentProcess) {
     *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+    CHILDREN_MADE.store(0, Ordering::Relaxed);
+}
+
+/// The number of the next child this managed process makes, counted when the
+/// SDK's `Process` object is made, as CPython's `BaseProcess.__init__` does
+/// (`Process-N:k`). `None` outside a managed process, where the coordinator
+/// numbers top-level processes when they start.
+pub fn next_child_number() -> Option<u32> {
+    CURRENT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
+        .then(|| CHILDREN_MADE.fetch_add(1, Ordering::Relaxed) + 1)
 }
 /// The authkey inherited from the agent (as CPython's children inherit
 /// their parent's); kept apart from `CurrentProcess` so it is never printed.

@@ -89,6 +89,7 @@ impl Process {
                 placement: Some(Placement::default()),
                 start_method: proto::StartMethod::Spawn as i32,
                 parent_id: parent_id(),
+                child_number: crate::runtime::next_child_number().unwrap_or(0),
                 ..Default::default()
             },
             info: None,
@@ -121,6 +122,7 @@ impl Process {
                 placement: Some(Placement::default()),
                 start_method: proto::StartMethod::Spawn as i32,
                 parent_id: parent_id(),
+                child_number: crate::runtime::next_child_number().unwrap_or(0),
                 ..Default::default()
             },
             info: None,

@@ -85,6 +85,9 @@ pub struct StartSpec {
     pub placement: Placement,
     pub daemon: bool,
     pub parent_id: String,
+    /// The parent's number for this child, given when it made the Process
+    /// object (CPython's `_identity`); 0: counted here at start.
+    pub child_number: u32,
     pub method: Method,
     pub launch: LaunchSpec,
 }

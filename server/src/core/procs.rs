@@ -64,7 +64,7 @@ pub fn start(
             return Err(CoreError::DaemonicParent(parent.name.clone()));
         }
         let mut identity = parent.identity.clone();
-        identity.push(t.count_child(&spec.parent_id));
+        identity.push(t.count_child(&spec.parent_id, spec.child_number));
         identity
     };
     let fork = spec.method == Method::Fork;

@@ -56,7 +56,10 @@ impl Table {
         procs.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
         for p in procs {
             if !p.parent_id.is_empty() {
-                *t.children_started.entry(p.parent_id.clone()).or_default() += 1;
+                // The highest number used, not a count: a parent may have
+                // made Process objects it never started.
+                let k = t.children_started.entry(p.parent_id.clone()).or_default();
+                *k = (*k).max(p.identity.last().copied().unwrap_or(0));
             }
             t.insert(p);
         }
@@ -138,11 +141,14 @@ impl Table {
         self.next_number
     }
 
-    /// Counts a child of `parent` and returns its number among them.
-    pub fn count_child(&mut self, parent: &str) -> u32 {
+    /// Counts a child of `parent` and returns its number among them: the
+    /// one its parent gave it when it made the Process object, or else the
+    /// next after every number used so far.
+    pub fn count_child(&mut self, parent: &str, given: u32) -> u32 {
         let k = self.children_started.entry(parent.to_owned()).or_default();
-        *k += 1;
-        *k
+        let number = if given > 0 { given } else { *k + 1 };
+        *k = (*k).max(number);
+        number
     }
 
     /// The daemonic children of `parent`, in start order.

@@ -117,6 +117,27 @@ fn a_start_is_placed_saved_and_launched_after_the_commit() {
 }
 
 #[test]
+fn a_child_keeps_the_number_its_parent_gave_it_when_it_made_the_process() {
+    // CPython: a parent that made Process objects 1 and 2 and starts only
+    // the second gets Process-N:2; a child with no number given counts on.
+    let (mut t, _) = cluster(4);
+    start(&mut t, cmd(&["parent"]), "p1");
+    procs::launched(&mut t, "n1", "p1", 10, T0_MS);
+    let child = |number| StartSpec {
+        parent_id: "p1".into(),
+        child_number: number,
+        ..cmd(&["child"])
+    };
+    start(&mut t, child(2), "c2");
+    start(&mut t, child(0), "c3");
+    let names: Vec<_> = ["c2", "c3"]
+        .iter()
+        .map(|id| t.get(id).unwrap().name.clone())
+        .collect();
+    assert_eq!(names, ["Process-1:2", "Process-1:3"]);
+}
+
+#[test]
 fn a_retried_request_id_is_the_same_process_and_launches_nothing() {
     let (mut t, _) = cluster(2);
     let mut spec = cmd(&["true"]);

@@ -295,6 +295,9 @@ fn start_and_join_grandchild(method: String) -> GrandchildReport {
     };
     block_on(async move {
         let cluster = mpctl::Cluster::from_env().await.unwrap();
+        // Made and never started: CPython numbers it all the same, so the
+        // grandchild below is this process's second child (`…:2`).
+        let _never_started = mpctl::Process::function(&cluster, "noop", &()).unwrap();
         let mut p = mpctl::Process::function(&cluster, "exit_with", &7)
             .unwrap()
             .start_method(method);
