@@ -1,4 +1,4 @@
-//! The pool relay: the node end of every pool worker's loop (DESIGN §7).
+//! The pool relay: the node end of every pool worker's loop (docs/design.md §7).
 //!
 //! A pool worker never opens a network connection. It connects to the
 //! agent's unix socket (`pool.sock` in the data directory), presents the key

@@ -299,7 +299,7 @@ struct Target {
 
 fn target(config: &AgentConfig, relay: &PoolRelay, l: &Launch) -> Result<Target, String> {
     match (&l.command, &l.function) {
-        // For commands the launcher itself plays the forkserver (DESIGN §3):
+        // For commands the launcher itself plays the forkserver (docs/design.md §3):
         // it is small and single-threaded, and forks every child.
         (Some(c), _) => Ok(Target {
             argv: c.argv.clone(),

@@ -1,4 +1,4 @@
-//! Authentication against the real coordinator and agent processes (DESIGN.md
+//! Authentication against the real coordinator and agent processes (docs/design.md
 //! §5): wrong keys, role separation, handshake replay, plaintext refusal, no
 //! secret in logs, argv or environment, and `mpctl keygen`.
 

@@ -1,4 +1,4 @@
-//! The fork start method (DESIGN §3) and the seed test of all three methods.
+//! The fork start method (docs/design.md §3) and the seed test of all three methods.
 
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ async fn run<A: serde::Serialize>(c: &mpctl::Cluster, function: &str, arg: &A) -
     p
 }
 
-/// DESIGN's seed test through the cluster: a parent sets a module-level flag
+/// The seed test of docs/design.md §3 through the cluster: a parent sets a module-level flag
 /// and starts a child with each method. fork sees it set (1), spawn its
 /// initial value (0), forkserver what its preload set (2).
 #[tokio::test(flavor = "multi_thread")]

@@ -1,4 +1,4 @@
-//! The forkserver start method for function targets (DESIGN §3).
+//! The forkserver start method for function targets (docs/design.md §3).
 
 use std::time::Duration;
 

@@ -1,5 +1,5 @@
 //! Placement, the queue and leases against a real coordinator and agents
-//! (DESIGN.md §6): selectors, queued processes, a node lost past its lease
+//! (docs/design.md §6): selectors, queued processes, a node lost past its lease
 //! and coming back with the real exit codes.
 
 use std::time::{Duration, Instant};
@@ -333,7 +333,7 @@ async fn a_node_past_its_lease_is_lost_and_its_real_codes_come_back() {
 
 /// Regression: `Process::is_alive` used to answer from the handle's cached
 /// state once it was `Lost`, but a lost process comes back as `Started` with
-/// its node (DESIGN.md §6).
+/// its node (docs/design.md §6).
 #[tokio::test(flavor = "multi_thread")]
 async fn is_alive_after_a_lost_node_comes_back() {
     let mut tc = TestCluster::start(Options {

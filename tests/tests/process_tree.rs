@@ -1,4 +1,4 @@
-//! Processes started from inside managed processes (DESIGN §2): CPython's
+//! Processes started from inside managed processes (docs/design.md §2): CPython's
 //! `Process-N1:N2` names, `parent_process()`, `active_children()`, and the
 //! daemon rules.
 

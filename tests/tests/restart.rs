@@ -124,7 +124,7 @@ async fn results_returned_while_the_agent_is_down_come_back_whole() {
     }
 }
 
-/// DESIGN §6: managed processes do not depend on the agent daemon. 50 run;
+/// docs/design.md §6: managed processes do not depend on the agent daemon. 50 run;
 /// the agent is SIGKILLed; 10 exit while it is down; the restarted agent
 /// re-attaches to the launcher: all 50 are accounted for, the 10 with their
 /// real codes, the 40 still running and killable.

@@ -1,4 +1,4 @@
-//! The fork start method (DESIGN §3, `docs/node-contract.md` §8): a
+//! The fork start method (docs/design.md §3, `docs/node-contract.md` §8): a
 //! managed process forks itself; the child runs a registered function in a
 //! copy of the parent's memory, so it sees the parent's state as it was at
 //! `start()`. The parent hands the child's pidfd and result pipe to its

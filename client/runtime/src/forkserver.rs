@@ -1,4 +1,4 @@
-//! The forkserver (DESIGN §3): a program started once per (program, preload)
+//! The forkserver (docs/design.md §3): a program started once per (program, preload)
 //! by its node's launcher runs the requested preload hooks, then forks one
 //! child per start. Each child puts the descriptors it was sent in place and
 //! runs the same bootstrap as spawn, so it sees the preloaded state and

@@ -1,4 +1,4 @@
-//! A pool worker's loop (DESIGN §7), CPython's `multiprocessing.pool.worker`:
+//! A pool worker's loop (docs/design.md §7), CPython's `multiprocessing.pool.worker`:
 //! connect to the node's agent over its pool socket, run the initializer
 //! once, then run tasks as they arrive and answer each at once, until told
 //! to stop, until maxtasksperchild tasks are done, or until the agent goes

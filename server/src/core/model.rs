@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mpctl_proto::v1::{CommandTarget, FunctionTarget, Limits};
 use tokio::time::Instant;
 
-/// A process's life (DESIGN §4): `Queued` → `Launching` → `Started` →
+/// A process's life (docs/design.md §4): `Queued` → `Launching` → `Started` →
 /// `Stopped`, or `Failed` when it could not start, or `Lost` with its node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ProcState {

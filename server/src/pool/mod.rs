@@ -1,4 +1,4 @@
-//! The PoolManager (DESIGN §7): distributed pools of worker processes.
+//! The PoolManager (docs/design.md §7): distributed pools of worker processes.
 //!
 //! A client opens one `PoolManager.Session` stream per pool. Its first
 //! message creates the pool; the [`driver`] then starts the workers as

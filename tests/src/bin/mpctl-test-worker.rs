@@ -1,5 +1,5 @@
 //! A program that serves function targets for the integration tests: each
-//! function produces one of the outcomes of DESIGN §2.
+//! function produces one of the outcomes of docs/design.md §2.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -184,7 +184,7 @@ fn start_daemon_child(_: ()) -> String {
     })
 }
 
-/// DESIGN's seed test, run inside a managed parent: set the flag, then start
+/// The seed test of docs/design.md §3, run inside a managed parent: set the flag, then start
 /// one child per start method that reads it. Returns [spawn, forkserver, fork].
 fn seed_test(_: ()) -> Vec<u32> {
     FLAG.store(1, Ordering::SeqCst);

@@ -1,4 +1,4 @@
-//! `Pool`: CPython's `multiprocessing.Pool` over a cluster (DESIGN §7).
+//! `Pool`: CPython's `multiprocessing.Pool` over a cluster (docs/design.md §7).
 //!
 //! A pool is one stream to the coordinator's PoolManager ([`session`]): the
 //! coordinator starts the workers on the nodes and feeds them the tasks sent
