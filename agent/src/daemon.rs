@@ -12,7 +12,7 @@ use mpctl_proto::v1::Exited;
 use tokio::sync::{mpsc, RwLock};
 
 use crate::config::AgentConfig;
-use crate::launcher::{ExitRecord, LauncherClient, LauncherError, LauncherEvent};
+use crate::launcher::{ExitRecord, Hello, LauncherClient, LauncherError, LauncherEvent};
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
 use crate::session::{self, Ctx};
@@ -97,6 +97,7 @@ pub async fn run(
     let (client, hello, events) =
         LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
     let state = Arc::new(NodeState::new());
+    report_journal_damage(&hello);
     state.adopt(&hello.running, exit_reports(hello.exited));
     let launcher = Launcher {
         inner: Arc::new(RwLock::new(client)),
@@ -221,6 +222,7 @@ async fn watch_launcher(
             match LauncherClient::connect_or_start(&dir, &cmd).await {
                 Ok((client, hello, new_events)) => {
                     *launcher.inner.write().await = client;
+                    report_journal_damage(&hello);
                     state.adopt(&hello.running, exit_reports(hello.exited));
                     events = new_events;
                     break;
@@ -232,6 +234,21 @@ async fn watch_launcher(
                 }
             }
         }
+    }
+}
+
+/// The launcher found damaged records in its exit journal: said at ERROR
+/// each time the agent attaches, until an operator removes the kept file.
+/// Their exits are not believed (they are not among the Hello's exits), so
+/// those processes get no made-up code: the coordinator keeps them lost.
+fn report_journal_damage(hello: &Hello) {
+    for d in &hello.journal_damage {
+        tracing::error!(
+            preserved = %d.preserved.display(),
+            line = d.line,
+            suspect = d.suspect_id.as_deref().unwrap_or("unknown"),
+            "the node's exit journal is damaged: {d}; that exit is not reported (its process stays lost); remove the kept file once dealt with"
+        );
     }
 }
 

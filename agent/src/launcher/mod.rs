@@ -30,7 +30,8 @@ pub use client::{LauncherClient, LauncherEvent};
 pub use error::{LaunchError, LauncherError, ProtocolError};
 pub use output::truncation_marker;
 pub use protocol::{
-    Bootstrap, ExitRecord, FromLauncher, Hello, LaunchSpec, Launched, RunningRecord, ToLauncher,
+    Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunningRecord,
+    ToLauncher,
 };
 pub use server::run;
 pub use setup::{LOCK_FILE, LOG_FILE, SOCKET_FILE};

@@ -18,10 +18,11 @@ use super::children::{self, exitcode};
 use super::conn::Conn;
 use super::error::LauncherError;
 use super::forkservers::{self, Forkservers, PendingStart};
-use super::journal::Journal;
+use super::journal::{self, Journal};
 use super::output::{OutPipe, PipeState};
 use super::protocol::{
-    ExitRecord, FromLauncher, Hello, LaunchSpec, Launched, RunningRecord, ToLauncher, MAX_FRAME,
+    ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunningRecord,
+    ToLauncher, MAX_FRAME,
 };
 use super::setup::{self, SOCKET_FILE};
 use super::{log, sys};
@@ -44,7 +45,7 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         return setup::announce_ready();
     };
     let sigfd = setup::signals()?;
-    let (journal, skipped) = Journal::open(dir)?;
+    let (journal, report) = Journal::open(dir)?;
     let listener = setup::listen(dir)?;
     let adoption = Adoption::listen(dir)?;
     setup::ready_and_detach(dir)?;
@@ -53,14 +54,13 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         std::process::id(),
         dir.display()
     ));
-    for line in skipped {
-        log(format_args!("journal: {line}"));
-    }
+    journal::log_report(&report);
     let mut server = Server {
         socket_path: dir.join(SOCKET_FILE),
         listener,
         sigfd,
         journal,
+        journal_damage: report.damaged,
         conn: None,
         seen_agent: false,
         started: Instant::now(),
@@ -106,6 +106,8 @@ struct Server {
     listener: UnixListener,
     sigfd: SignalFd,
     journal: Journal,
+    /// Damaged journal records, reported in every Hello.
+    journal_damage: Vec<JournalDamage>,
     conn: Option<Conn>,
     seen_agent: bool,
     started: Instant,
@@ -280,6 +282,7 @@ impl Server {
                 })
                 .collect(),
             exited,
+            journal_damage: self.journal_damage.clone(),
         };
         (hello, rest)
     }
