@@ -88,11 +88,16 @@ pub async fn run(
     let config = Arc::new(config);
     let launcher_dir = config.data_dir.join("launcher");
     let procs_dir = config.data_dir.join("procs");
+    let procs_were_open = procs_dir_is_open(&procs_dir);
     for dir in [&config.data_dir, &procs_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
+        // 0700, and made so if it existed: output and sockets are private.
+        crate::launcher::create_private_dir(dir).map_err(|source| AgentError::DataDir {
             path: dir.clone(),
             source,
         })?;
+    }
+    if procs_were_open {
+        make_outputs_private(&procs_dir);
     }
     let (client, hello, events) =
         LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
@@ -235,6 +240,42 @@ async fn watch_launcher(
             }
         }
     }
+}
+
+/// Whether `procs/` exists with a mode other than 0700 (an older version's).
+fn procs_dir_is_open(procs_dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(procs_dir).is_ok_and(|m| m.permissions().mode() & 0o777 != 0o700)
+}
+
+/// Output left world-readable by an older version: each process directory
+/// 0700, each file in it 0600. Done once, when `procs/` itself was open.
+fn make_outputs_private(procs_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &std::path::Path, mode: u32| {
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make output private");
+        }
+    };
+    let Ok(entries) = std::fs::read_dir(procs_dir) else {
+        return;
+    };
+    for dir in entries.filter_map(Result::ok) {
+        if !dir.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        set(&dir.path(), 0o700);
+        for file in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            if file.file_type().is_ok_and(|t| t.is_file()) {
+                set(&file.path(), 0o600);
+            }
+        }
+    }
+    tracing::info!(dir = %procs_dir.display(), "output directories made private (0700, files 0600)");
 }
 
 /// The launcher found damaged records in its exit journal: said at ERROR

@@ -34,7 +34,7 @@ pub use protocol::{
     ToLauncher,
 };
 pub use server::run;
-pub use setup::{LOCK_FILE, LOG_FILE, SOCKET_FILE};
+pub use setup::{create_private_dir, LOCK_FILE, LOG_FILE, SOCKET_FILE};
 
 /// Writes one timestamped line to the launcher's log (its stderr, which is
 /// `DIR/launcher.log` once it is ready). Never fails.
