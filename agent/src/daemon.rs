@@ -287,8 +287,8 @@ fn report_journal_damage(hello: &Hello) {
         tracing::error!(
             preserved = %d.preserved.display(),
             line = d.line,
-            suspect = d.suspect_id.as_deref().unwrap_or("unknown"),
-            "the node's exit journal is damaged: {d}; that exit is not reported (its process stays lost); remove the kept file once dealt with"
+            suspect = %d.suspect_id.as_deref().unwrap_or("unknown"),
+            "the node's exit journal is damaged: {d}; that exit is not reported (the process gets no exit code from this node) and the process is not launched again; remove the kept file once dealt with"
         );
     }
 }

@@ -709,6 +709,14 @@ async fn assert_b_reported_damaged(n: Node) {
     let mut n = n;
     n.reconnect().await;
     assert_eq!(n.hello.journal_damage.len(), 1);
+    // b may have run already: launching it again is refused, not repeated.
+    let error = n
+        .launch_err(n.spec("b", &["/bin/sh", "-c", "exit 0"]))
+        .await;
+    assert!(
+        error.starts_with("not launched: this node may have run it already, and its exit record is damaged (damaged exit record at line 2"),
+        "{error}"
+    );
     for id in ["a", "c"] {
         n.client().ack(id).await.unwrap();
     }

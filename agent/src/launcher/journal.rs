@@ -27,7 +27,8 @@
 //!   directory (the launcher logs them and puts them in each `Hello`), until
 //!   an operator removes it. The process whose exit was in a damaged record
 //!   gets no exit code from the node: it is not in the `Hello`'s exits, so
-//!   the coordinator keeps it `lost` (never a made-up code);
+//!   the coordinator keeps it `lost` (never a made-up code), and a launch
+//!   of the id the record seems to name is refused (it may have run);
 //! - a write that fails part-way is cut back to the last whole record
 //!   before anything else is appended, so a partial write never glues two
 //!   records together.
@@ -333,7 +334,7 @@ pub fn log_report(report: &OpenReport) {
     }
     for d in &report.damaged {
         log(format_args!(
-            "JOURNAL DAMAGED: {d}; not believed: no exit code is reported from it (the coordinator keeps the process lost); the file is kept for inspection: remove it to clear this report"
+            "JOURNAL DAMAGED: {d}; not believed: no exit code is reported from it, and its process is not launched again; the file is kept for inspection: remove it to clear this report"
         ));
     }
 }

@@ -354,6 +354,19 @@ impl Server {
             self.send(&FromLauncher::Exited(rec));
             return;
         }
+        if let Some(d) = self
+            .journal_damage
+            .iter()
+            .find(|d| d.suspect_id.as_deref() == Some(spec.id.as_str()))
+        {
+            // It may have run and exited already: never run it twice.
+            let error = format!(
+                "not launched: this node may have run it already, and its exit record is damaged ({d})"
+            );
+            log(format_args!("launch {} refused: {error}", spec.id));
+            self.send(&FromLauncher::LaunchFailed { id: spec.id, error });
+            return;
+        }
         if let Some(preload) = spec.forkserver.clone() {
             if let Err(error) = self.launch_forkserver(&spec, preload) {
                 log(format_args!("launch {} failed: {error}", spec.id));
