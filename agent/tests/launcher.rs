@@ -721,6 +721,11 @@ async fn assert_b_reported_damaged(n: Node) {
         n.client().ack(id).await.unwrap();
     }
     n.barrier().await;
+    // The operator dealt with it and removed the kept file: the next
+    // connection hears no more of it.
+    fs::remove_file(&n.hello.journal_damage[0].preserved).unwrap();
+    n.reconnect().await;
+    assert_eq!(n.hello, Hello::default());
     n.finish(&[]).await;
 }
 

@@ -133,8 +133,10 @@ fn ps_and_an_agent_reconnect_succeed_during_a_flood_from_the_same_address() {
         .lines()
         .filter(|l| l.contains("before authentication"))
         .count();
+    // At most 5 lines per kind (dropped for room, silent, closed) and one
+    // total per 10 s interval; the test may span two intervals.
     assert!(
-        (1..=12).contains(&lines),
+        (1..=32).contains(&lines),
         "{lines} lines about failed connections for {opened} connections:\n{log}"
     );
 }

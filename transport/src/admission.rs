@@ -9,10 +9,14 @@
 //! sends its TLS hello as soon as TCP is up and finishes in milliseconds, so
 //! idle connections (a flood, or a port scanner) are always the first to go,
 //! even when they come from the same address as the client (on a laptop
-//! everything is 127.0.0.1).
+//! everything is 127.0.0.1). "Has sent a byte" is asked of the kernel at the
+//! moment a victim is chosen (a peek on a duplicate of the socket), not
+//! left to the connection's task, which a busy server may not have run yet.
 
 use std::collections::{BTreeMap, HashMap};
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
@@ -29,8 +33,8 @@ pub struct PendingLimits {
 impl Default for PendingLimits {
     fn default() -> PendingLimits {
         PendingLimits {
-            per_addr: 64,
-            total: 512,
+            per_addr: 128,
+            total: 256,
         }
     }
 }
@@ -49,7 +53,22 @@ struct Entry {
     ip: IpAddr,
     /// The peer has sent at least one byte.
     started: bool,
+    /// A duplicate of the socket, to ask the kernel whether bytes came.
+    probe: Option<OwnedFd>,
     evict: oneshot::Sender<Crowded>,
+}
+
+impl Entry {
+    /// Started, or bytes (or the peer's close) are waiting in the kernel.
+    fn has_started(&mut self) -> bool {
+        if !self.started {
+            if let Some(fd) = &self.probe {
+                let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+                self.started = matches!(socket2::SockRef::from(fd).peek(&mut byte), Ok(n) if n > 0);
+            }
+        }
+        self.started
+    }
 }
 
 #[derive(Debug, Default)]
@@ -74,13 +93,13 @@ impl State {
 
     /// The oldest idle entry matching `ip` (any address when `None`), else
     /// the oldest.
-    fn victim(&self, ip: Option<IpAddr>) -> Option<u64> {
+    fn victim(&mut self, ip: Option<IpAddr>) -> Option<u64> {
         let mut oldest = None;
-        for (id, e) in &self.entries {
+        for (id, e) in &mut self.entries {
             if ip.is_some_and(|ip| ip != e.ip) {
                 continue;
             }
-            if !e.started {
+            if !e.has_started() {
                 return Some(*id);
             }
             oldest.get_or_insert(*id);
@@ -118,13 +137,13 @@ impl Admission {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Makes room for a new connection from `ip` (`started`: it has already
-    /// sent bytes) and registers it. The receiver fires if it is dropped
-    /// later to make room for another.
+    /// Makes room for a new connection from `ip` (`probe`: a duplicate of
+    /// its socket, if one could be made) and registers it. The receiver
+    /// fires if it is dropped later to make room for another.
     pub(crate) fn admit(
         self: &Arc<Admission>,
         ip: IpAddr,
-        started: bool,
+        probe: Option<OwnedFd>,
     ) -> (Ticket, oneshot::Receiver<Crowded>) {
         let mut s = self.lock();
         if s.per_ip.get(&ip).copied().unwrap_or(0) >= self.limits.per_addr {
@@ -144,7 +163,8 @@ impl Admission {
             id,
             Entry {
                 ip,
-                started,
+                started: false,
+                probe,
                 evict: tx,
             },
         );
@@ -192,6 +212,13 @@ mod tests {
     const A: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
+    /// A connection whose first bytes were seen.
+    fn started(adm: &Arc<Admission>, ip: IpAddr) -> (Ticket, oneshot::Receiver<Crowded>) {
+        let (t, rx) = adm.admit(ip, None);
+        t.started();
+        (t, rx)
+    }
+
     fn limits(per_addr: usize, total: usize) -> Arc<Admission> {
         Admission::new(PendingLimits { per_addr, total })
     }
@@ -199,11 +226,11 @@ mod tests {
     #[test]
     fn a_full_address_drops_its_oldest_idle_connection_first() {
         let adm = limits(3, 100);
-        let (busy, mut busy_rx) = adm.admit(A, true);
-        let (_idle1, mut idle1_rx) = adm.admit(A, false);
-        let (_idle2, mut idle2_rx) = adm.admit(A, false);
-        let (_other, mut other_rx) = adm.admit(B, false);
-        let (_new, _) = adm.admit(A, false);
+        let (busy, mut busy_rx) = started(&adm, A);
+        let (_idle1, mut idle1_rx) = adm.admit(A, None);
+        let (_idle2, mut idle2_rx) = adm.admit(A, None);
+        let (_other, mut other_rx) = adm.admit(B, None);
+        let (_new, _) = adm.admit(A, None);
         assert_eq!(idle1_rx.try_recv(), Ok(Crowded::Address(3)));
         assert!(idle2_rx.try_recv().is_err());
         assert!(busy_rx.try_recv().is_err(), "a started handshake is kept");
@@ -216,11 +243,11 @@ mod tests {
     #[test]
     fn when_every_one_has_started_the_oldest_goes() {
         let adm = limits(2, 100);
-        let (_a, mut a_rx) = adm.admit(A, false);
-        let (b, mut b_rx) = adm.admit(A, false);
+        let (_a, mut a_rx) = adm.admit(A, None);
+        let (b, mut b_rx) = adm.admit(A, None);
         _a.started();
         b.started();
-        let (_c, _) = adm.admit(A, false);
+        let (_c, _) = adm.admit(A, None);
         assert_eq!(a_rx.try_recv(), Ok(Crowded::Address(2)));
         assert!(b_rx.try_recv().is_err());
     }
@@ -228,10 +255,10 @@ mod tests {
     #[test]
     fn a_full_server_drops_the_oldest_idle_connection_of_any_address() {
         let adm = limits(10, 3);
-        let (_a, mut a_rx) = adm.admit(A, true);
-        let (_b, mut b_rx) = adm.admit(B, false);
-        let (_c, _) = adm.admit(A, false);
-        let (_d, _) = adm.admit(A, true);
+        let (_a, mut a_rx) = started(&adm, A);
+        let (_b, mut b_rx) = adm.admit(B, None);
+        let (_c, _) = adm.admit(A, None);
+        let (_d, _) = started(&adm, A);
         assert_eq!(b_rx.try_recv(), Ok(Crowded::Server(3)));
         assert!(a_rx.try_recv().is_err());
         assert_eq!(adm.pending(), 3);
@@ -240,8 +267,8 @@ mod tests {
     #[test]
     fn a_dropped_ticket_frees_its_place_and_an_evicted_one_is_not_counted_twice() {
         let adm = limits(1, 10);
-        let (first, _) = adm.admit(A, false);
-        let (second, _) = adm.admit(A, false);
+        let (first, _) = adm.admit(A, None);
+        let (second, _) = adm.admit(A, None);
         assert_eq!(adm.pending(), 1);
         drop(first);
         assert_eq!(adm.pending(), 1);

@@ -1,10 +1,11 @@
 //! Throttled logging of connections that failed before authentication.
 //!
-//! The first failure of each kind in an interval is logged at warn level
-//! with its peer and reason, so a misconfigured client is seen at once; the
-//! others of the interval are only counted, and one warn line at its end
-//! gives the counts by kind and the busiest addresses. A flood of thousands
-//! of connections costs a few lines per interval, not one each.
+//! The first [`FULL_LINES_PER_KIND`] failures of each kind in an interval
+//! are logged at warn level with their peer and reason, so a misconfigured
+//! client is seen at once; the others of the interval are only counted, and
+//! one warn line at its end gives the counts by kind and the busiest
+//! addresses. A flood of thousands of connections costs a few lines per
+//! interval, not one each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -16,6 +17,9 @@ use crate::error::TransportError;
 
 /// Default length of one counting interval.
 pub const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Failures of one kind logged one by one in an interval.
+pub const FULL_LINES_PER_KIND: u32 = 5;
 
 /// How many addresses the summary line names.
 const TOP_ADDRS: usize = 3;
@@ -37,8 +41,8 @@ fn kind(e: &TransportError) -> &'static str {
 
 #[derive(Debug, Default)]
 struct Window {
-    /// Kinds already logged in full in this interval.
-    logged: BTreeMap<&'static str, ()>,
+    /// Failures logged in full in this interval, by kind.
+    logged: BTreeMap<&'static str, u32>,
     /// Failures not logged one by one, by kind and by address.
     suppressed: BTreeMap<&'static str, u64>,
     by_ip: HashMap<IpAddr, u64>,
@@ -63,32 +67,39 @@ impl FailureLog {
         self.interval
     }
 
-    /// Logs `e` for `peer`, or counts it if one of its kind was logged in
-    /// this interval.
+    /// Logs `e` for `peer`, or counts it if [`FULL_LINES_PER_KIND`] of its
+    /// kind were logged in this interval.
     pub(crate) fn record(&self, peer: SocketAddr, e: &TransportError) {
         let kind = kind(e);
-        {
+        let last = {
             let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-            if w.logged.insert(kind, ()).is_some() {
+            let logged = w.logged.entry(kind).or_default();
+            if *logged >= FULL_LINES_PER_KIND {
                 *w.suppressed.entry(kind).or_default() += 1;
                 *w.by_ip.entry(peer.ip()).or_default() += 1;
                 return;
             }
-        }
-        let secs = self.interval.as_secs_f64();
-        let more = format!(
-            "further failures of this kind in the next {secs} s are counted, not logged one by one"
-        );
+            *logged += 1;
+            *logged == FULL_LINES_PER_KIND
+        };
+        let more = if last {
+            format!(
+                "; further failures of this kind are counted and logged as a total every {} s",
+                self.interval.as_secs_f64()
+            )
+        } else {
+            String::new()
+        };
         match e {
             TransportError::ClientNotAuthenticated { role, .. } => {
-                tracing::warn!(peer = %peer, role = %role, "{e}; {more}")
+                tracing::warn!(peer = %peer, role = %role, "{e}{more}")
             }
             TransportError::RoleNotAccepted { role, .. } => {
-                tracing::warn!(peer = %peer, role = %role, "connection refused: {e}; {more}")
+                tracing::warn!(peer = %peer, role = %role, "connection refused: {e}{more}")
             }
             _ => tracing::warn!(
                 peer = %peer,
-                "connection dropped before authentication: {e}; {more}"
+                "connection dropped before authentication: {e}{more}"
             ),
         }
     }

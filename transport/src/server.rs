@@ -118,7 +118,8 @@ impl ServerAuth {
     }
 
     /// Overrides the caps on unauthenticated connections (default
-    /// [`PendingLimits::default`]: 64 per address, 512 in all).
+    /// [`PendingLimits::default`]: 128 per address, 256 in all; each pending
+    /// connection holds two descriptors).
     pub fn with_pending_limits(mut self, limits: PendingLimits) -> ServerAuth {
         self.limits = limits;
         self
@@ -230,12 +231,6 @@ async fn first_byte(tcp: &TcpStream, peer: &str, timeout: Duration) -> Result<()
     }
 }
 
-/// Whether the peer's first bytes are already there, without waiting.
-fn has_bytes(tcp: &TcpStream) -> bool {
-    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(n) if n > 0)
-}
-
 /// The stream of authenticated connections from `listener`, for
 /// `tonic::transport::Server::serve_with_incoming`.
 ///
@@ -291,7 +286,11 @@ async fn accept_loop(
                 continue;
             }
         };
-        let (ticket, crowded) = admission.admit(remote_addr.ip(), has_bytes(&tcp));
+        // A duplicate of the socket lets the admission ask the kernel
+        // whether the peer has sent anything (one more descriptor while
+        // the connection is pending; without it, only the task can tell).
+        let probe = std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned().ok();
+        let (ticket, crowded) = admission.admit(remote_addr.ip(), probe);
         let auth = auth.clone();
         let tx = tx.clone();
         let failures = Arc::clone(&failures);

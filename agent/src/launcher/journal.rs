@@ -469,7 +469,7 @@ fn keep_damaged(dir: &Path, text: &[u8]) -> io::Result<PathBuf> {
 
 /// The damaged records of every damaged journal kept in `dir`, oldest file
 /// first.
-fn damage_kept_in(dir: &Path) -> io::Result<Vec<JournalDamage>> {
+pub fn damage_kept_in(dir: &Path) -> io::Result<Vec<JournalDamage>> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)?
         .filter_map(Result::ok)
         .filter(|e| e.file_name().to_string_lossy().starts_with(DAMAGED_PREFIX))

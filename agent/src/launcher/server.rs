@@ -240,6 +240,7 @@ impl Server {
                         Ok(conn) => {
                             self.conn = Some(conn);
                             self.seen_agent = true;
+                            self.refresh_journal_damage();
                             let (hello, rest) = self.hello();
                             self.send(&FromLauncher::Hello(hello));
                             for rec in rest {
@@ -256,6 +257,19 @@ impl Server {
                     return;
                 }
             }
+        }
+    }
+
+    /// Damage is reported while its kept file is there: an operator who
+    /// removed it clears the report for the next agent connection.
+    fn refresh_journal_damage(&mut self) {
+        if self.journal_damage.is_empty() {
+            return;
+        }
+        let dir = self.socket_path.parent().unwrap_or(Path::new("."));
+        match journal::damage_kept_in(dir) {
+            Ok(damage) => self.journal_damage = damage,
+            Err(e) => log(format_args!("journal: listing damaged journals: {e}")),
         }
     }
 
