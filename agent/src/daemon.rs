@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 pub use crate::error::AgentError;
-use crate::launcher::{ExitRecord, Launcher, LauncherClient, LauncherEvent};
+use crate::launcher::{ExitRecord, Hello, Launcher, LauncherClient, LauncherEvent};
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
 use crate::session::{self, Ctx};
@@ -31,15 +31,21 @@ pub async fn run(
     let config = Arc::new(config);
     let launcher_dir = config.data_dir.join("launcher");
     let procs_dir = config.data_dir.join("procs");
+    let procs_were_open = procs_dir_is_open(&procs_dir);
     for dir in [&config.data_dir, &procs_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| AgentError::DataDir {
+        // 0700, and made so if it existed: output and sockets are private.
+        crate::launcher::create_private_dir(dir).map_err(|source| AgentError::DataDir {
             path: dir.clone(),
             source,
         })?;
     }
+    if procs_were_open {
+        make_outputs_private(&procs_dir);
+    }
     let (client, hello, events) =
         LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
     let state = Arc::new(NodeState::new());
+    report_journal_damage(&hello);
     state.adopt(&hello.running, exit_reports(hello.exited));
     let launcher = Launcher::new(client);
     let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state)).map_err(|source| {
@@ -162,6 +168,7 @@ async fn watch_launcher(
             match LauncherClient::connect_or_start(&dir, &cmd).await {
                 Ok((client, hello, new_events)) => {
                     launcher.replace(client).await;
+                    report_journal_damage(&hello);
                     state.adopt(&hello.running, exit_reports(hello.exited));
                     events = new_events;
                     break;
@@ -173,6 +180,57 @@ async fn watch_launcher(
                 }
             }
         }
+    }
+}
+
+/// Whether `procs/` exists with a mode other than 0700 (an older version's).
+fn procs_dir_is_open(procs_dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(procs_dir).is_ok_and(|m| m.permissions().mode() & 0o777 != 0o700)
+}
+
+/// Output left world-readable by an older version: each process directory
+/// 0700, each file in it 0600. Done once, when `procs/` itself was open.
+fn make_outputs_private(procs_dir: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let set = |path: &std::path::Path, mode: u32| {
+        if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot make output private");
+        }
+    };
+    let Ok(entries) = std::fs::read_dir(procs_dir) else {
+        return;
+    };
+    for dir in entries.filter_map(Result::ok) {
+        if !dir.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        set(&dir.path(), 0o700);
+        for file in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+        {
+            if file.file_type().is_ok_and(|t| t.is_file()) {
+                set(&file.path(), 0o600);
+            }
+        }
+    }
+    tracing::info!(dir = %procs_dir.display(), "output directories made private (0700, files 0600)");
+}
+
+/// The launcher found damaged records in its exit journal: said at ERROR
+/// each time the agent attaches, until an operator removes the kept file.
+/// Their exits are not believed (they are not among the Hello's exits), so
+/// those processes get no made-up code: the coordinator keeps them lost.
+fn report_journal_damage(hello: &Hello) {
+    for d in &hello.journal_damage {
+        tracing::error!(
+            preserved = %d.preserved.display(),
+            line = d.line,
+            suspect = %d.suspect_id.as_deref().unwrap_or("unknown"),
+            "the node's exit journal is damaged: {d}; that exit is not reported (the process gets no exit code from this node) and the process is not launched again; remove the kept file once dealt with"
+        );
     }
 }
 

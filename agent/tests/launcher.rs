@@ -656,3 +656,114 @@ async fn sigterm_stops_the_launcher_only_when_no_process_runs() {
     n.disconnect();
     assert_launcher_exits(n.path()).await;
 }
+
+/// Exits a (1), b (21), c (3) journaled by a launcher that then stopped;
+/// the journal's text is handed to `damage`, which returns it changed, and
+/// a new launcher reads it.
+async fn journal_damaged_by(damage: impl FnOnce(&str) -> String) -> Node {
+    let mut n = Node::start().await;
+    for (id, code) in [("a", 1), ("b", 21), ("c", 3)] {
+        n.launch(id, &["/bin/sh", "-c", &format!("exit {code}")])
+            .await;
+        assert_eq!(n.exit_of(id).await.exitcode, code);
+    }
+    n.disconnect();
+    assert_launcher_exits(n.path()).await;
+    let path = n.path().join("exits.journal");
+    let text = fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 3, "{text}");
+    fs::write(&path, damage(&text)).unwrap();
+    n.reconnect().await;
+    n
+}
+
+fn codes(hello: &Hello) -> Vec<(String, i32)> {
+    hello
+        .exited
+        .iter()
+        .map(|e| (e.id.clone(), e.exitcode))
+        .collect()
+}
+
+/// b's record was damaged: the Hello has a and c, never b, and says which
+/// record is damaged; the launcher's log says so loudly.
+async fn assert_b_reported_damaged(n: Node) {
+    assert_eq!(codes(&n.hello), vec![("a".into(), 1), ("c".into(), 3)]);
+    assert_eq!(n.hello.journal_damage.len(), 1, "{:?}", n.hello);
+    let d = &n.hello.journal_damage[0];
+    assert_eq!(d.line, 2);
+    assert_eq!(d.suspect_id.as_deref(), Some("b"));
+    assert!(d.preserved.starts_with(n.path()));
+    assert!(d
+        .preserved
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("exits.journal.damaged-"));
+    let log = read(n.path().join("launcher.log"));
+    assert!(
+        log.contains("JOURNAL DAMAGED: damaged exit record at line 2"),
+        "{log}"
+    );
+    // Every later agent connection hears it too.
+    let mut n = n;
+    n.reconnect().await;
+    assert_eq!(n.hello.journal_damage.len(), 1);
+    // b may have run already: launching it again is refused, not repeated.
+    let error = n
+        .launch_err(n.spec("b", &["/bin/sh", "-c", "exit 0"]))
+        .await;
+    assert!(
+        error.starts_with("not launched: this node may have run it already, and its exit record is damaged (damaged exit record at line 2"),
+        "{error}"
+    );
+    for id in ["a", "c"] {
+        n.client().ack(id).await.unwrap();
+    }
+    n.barrier().await;
+    // The operator dealt with it and removed the kept file: the next
+    // connection hears no more of it.
+    fs::remove_file(&n.hello.journal_damage[0].preserved).unwrap();
+    n.reconnect().await;
+    assert_eq!(n.hello, Hello::default());
+    n.finish(&[]).await;
+}
+
+#[tokio::test]
+async fn an_edited_exit_code_in_the_journal_is_reported_never_believed() {
+    let n = journal_damaged_by(|t| t.replacen(r#""exitcode":21"#, r#""exitcode":31"#, 1)).await;
+    assert!(!codes(&n.hello).iter().any(|(_, c)| *c == 31 || *c == 21));
+    assert_b_reported_damaged(n).await;
+}
+
+#[tokio::test]
+async fn a_flipped_byte_in_the_journal_is_reported_never_believed() {
+    let n = journal_damaged_by(|t| {
+        let mut b = t.as_bytes().to_vec();
+        let second = b.iter().position(|x| *x == b'\n').unwrap() + 1;
+        let pid = second + t[second..].find(r#""pid":"#).unwrap() + 6;
+        b[pid] ^= 0x01;
+        String::from_utf8(b).unwrap()
+    })
+    .await;
+    assert_b_reported_damaged(n).await;
+}
+
+#[tokio::test]
+async fn a_torn_journal_tail_is_cut_at_the_last_good_record_and_logged() {
+    let mut n = journal_damaged_by(|t| t[..t.len() - 10].to_owned()).await;
+    assert_eq!(codes(&n.hello), vec![("a".into(), 1), ("b".into(), 21)]);
+    assert_eq!(n.hello.journal_damage, vec![]);
+    let log = read(n.path().join("launcher.log"));
+    assert!(log.contains("journal: torn tail cut off"), "{log}");
+    let text = read(n.path().join("exits.journal"));
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(text.ends_with('\n'));
+    for id in ["a", "b"] {
+        n.client().ack(id).await.unwrap();
+    }
+    n.barrier().await;
+    n.reconnect().await;
+    assert_eq!(n.hello, Hello::default());
+    n.finish(&[]).await;
+}

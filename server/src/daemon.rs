@@ -71,10 +71,46 @@ pub struct Coordinator {
     task: JoinHandle<Result<(), ServerError>>,
 }
 
+/// Creates the data directory 0700 and the state database's file 0600, or
+/// makes them so if they exist (the database holds environment values).
+/// SQLite gives its `-wal` and `-shm` files the database file's mode; those
+/// left by an older version are made 0600 too.
+fn private_state(dir: &std::path::Path, db: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    let private = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("chmod {mode:o} {}: {e}", path.display()))
+        })
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    private(dir, 0o700)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(db)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("create {}: {e}", db.display())))?;
+    private(db, 0o600)?;
+    for suffix in ["-wal", "-shm", "-journal"] {
+        let mut side = db.as_os_str().to_owned();
+        side.push(suffix);
+        match private(std::path::Path::new(&side), 0o600) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
+    }
+    Ok(())
+}
+
 impl Coordinator {
     /// Opens the state in `data_dir`, binds `listen`, and starts serving.
     pub async fn start(config: CoordinatorConfig) -> Result<Coordinator, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        let db_path = config.data_dir.join("coordinator.sqlite");
+        private_state(&config.data_dir, &db_path).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
@@ -84,7 +120,7 @@ impl Coordinator {
             config.security,
             &[Role::Client, Role::Agent],
         )?;
-        let (store, loaded) = Store::open(&config.data_dir.join("coordinator.sqlite"))?;
+        let (store, loaded) = Store::open(&db_path)?;
         let now = tokio::time::Instant::now();
         let table = Table::restore(
             loaded

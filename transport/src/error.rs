@@ -107,6 +107,18 @@ pub enum TransportError {
         timeout: std::time::Duration,
     },
 
+    /// Server side: the peer sent nothing within the first-bytes deadline.
+    #[error("{addr} sent nothing within {timeout:?} of connecting (an idle connection, not an mpctl client)")]
+    NoHandshakeBytes {
+        addr: String,
+        timeout: std::time::Duration,
+    },
+
+    /// Server side: an unauthenticated connection was dropped to make room
+    /// for a newer one (see `PendingLimits`).
+    #[error("{addr} had not authenticated when {reason}; it was dropped to make room for a newer connection")]
+    Crowded { addr: String, reason: String },
+
     /// The peer sent bytes that are not the mpctl handshake.
     #[error("{addr} does not speak the mpctl handshake: {reason}")]
     Protocol { addr: String, reason: String },

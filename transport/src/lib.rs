@@ -7,16 +7,20 @@
 //! certificate ([`tls`]), then a mutual HMAC challenge-response bound to that
 //! TLS session ([`handshake`], which documents the wire format). The server
 //! side ([`server`]) turns a listener into a stream of authenticated
-//! connections for tonic, tagging each request with a [`PeerIdentity`]; the
+//! connections for tonic, tagging each request with a [`PeerIdentity`], and
+//! keeps unauthenticated connections from crowding out real ones
+//! ([`PendingLimits`]); the
 //! client side ([`client`]) returns a tonic `Channel`. Errors ([`error`]) say
 //! what failed and what to do, and never contain key material.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod admission;
 pub mod authkey;
 pub mod client;
 pub mod error;
+mod failure_log;
 pub mod handshake;
 mod io;
 pub mod keys;
@@ -35,4 +39,6 @@ pub fn random_hex(bytes: usize) -> String {
 pub use client::connect;
 pub use error::TransportError;
 pub use keys::{check_connect_addr, check_listen_addr, Role, RoleKey, Security};
-pub use server::{incoming, require_role, AuthenticatedStream, PeerIdentity, ServerAuth};
+pub use server::{
+    incoming, require_role, AuthenticatedStream, PeerIdentity, PendingLimits, ServerAuth,
+};

@@ -3,10 +3,16 @@
 //!
 //! An accept loop (spawned on the first poll) hands every TCP connection to
 //! its own task, which runs TLS and the handshake under
-//! [`HANDSHAKE_TIMEOUT`](crate::handshake::HANDSHAKE_TIMEOUT); only
+//! [`HANDSHAKE_TIMEOUT`](crate::handshake::HANDSHAKE_TIMEOUT), and under the
+//! shorter [`FIRST_BYTES_TIMEOUT`] for the peer's first byte; only
 //! connections that passed are yielded, so a slow or hostile peer never blocks
-//! another and never stops the server. Failures are logged once at warn level
-//! (peer address, role if known, reason) and the connection is dropped.
+//! another and never stops the server. The loop never stops accepting:
+//! unauthenticated connections are capped per address and in all
+//! ([`PendingLimits`]), and a newcomer makes room by dropping the oldest idle
+//! one ([`crate::admission`]), so a flood of idle connections cannot starve
+//! a real client, even from the same address. Failures are logged throttled
+//! ([`crate::failure_log`]): the first of each kind per interval in full,
+//! the rest as counts.
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,21 +24,26 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+pub use crate::admission::PendingLimits;
+use crate::admission::{Admission, Crowded, Ticket};
 use crate::authkey::AuthKey;
 use crate::error::TransportError;
+use crate::failure_log::FailureLog;
+pub use crate::failure_log::FAILURE_LOG_INTERVAL;
 use crate::handshake::{self, HANDSHAKE_TIMEOUT, PLAINTEXT_BINDING};
 use crate::io::Conn;
 use crate::keys::{check_listen_addr, Role, Security};
 use crate::tls;
 
-/// At most this many connections may be in the middle of their handshake;
-/// further ones wait in the kernel's accept queue.
-const MAX_PENDING_HANDSHAKES: usize = 512;
+/// Deadline for a new connection's first byte (a TLS or mpctl hello, which
+/// a real client sends as soon as TCP is up). Shorter than the whole
+/// handshake's, so idle connections do not hold their place for long.
+pub const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Identity of an authenticated peer. tonic puts it in every request's
 /// extensions: `req.extensions().get::<PeerIdentity>()`.
@@ -52,6 +63,9 @@ pub struct ServerAuth {
     accept_roles: Vec<Role>,
     acceptor: Option<TlsAcceptor>,
     handshake_timeout: Duration,
+    first_bytes_timeout: Duration,
+    limits: PendingLimits,
+    failure_log_interval: Duration,
 }
 
 impl std::fmt::Debug for ServerAuth {
@@ -59,6 +73,9 @@ impl std::fmt::Debug for ServerAuth {
         f.debug_struct("ServerAuth")
             .field("security", &self.security)
             .field("accept_roles", &self.accept_roles)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("first_bytes_timeout", &self.first_bytes_timeout)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -81,12 +98,37 @@ impl ServerAuth {
             accept_roles: accept_roles.to_vec(),
             acceptor,
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            first_bytes_timeout: FIRST_BYTES_TIMEOUT,
+            limits: PendingLimits::default(),
+            failure_log_interval: FAILURE_LOG_INTERVAL,
         })
     }
 
     /// Overrides the handshake deadline (default 10 s).
     pub fn with_handshake_timeout(mut self, timeout: Duration) -> ServerAuth {
         self.handshake_timeout = timeout;
+        self
+    }
+
+    /// Overrides the deadline for a connection's first byte (default
+    /// [`FIRST_BYTES_TIMEOUT`]; never longer than the handshake's).
+    pub fn with_first_bytes_timeout(mut self, timeout: Duration) -> ServerAuth {
+        self.first_bytes_timeout = timeout;
+        self
+    }
+
+    /// Overrides the caps on unauthenticated connections (default
+    /// [`PendingLimits::default`]: 128 per address, 256 in all; each pending
+    /// connection holds two descriptors).
+    pub fn with_pending_limits(mut self, limits: PendingLimits) -> ServerAuth {
+        self.limits = limits;
+        self
+    }
+
+    /// Overrides the interval of the failure counts (default
+    /// [`FAILURE_LOG_INTERVAL`]).
+    pub fn with_failure_log_interval(mut self, interval: Duration) -> ServerAuth {
+        self.failure_log_interval = interval;
         self
     }
 
@@ -101,9 +143,23 @@ impl ServerAuth {
         tcp: TcpStream,
         remote_addr: SocketAddr,
     ) -> Result<AuthenticatedStream, TransportError> {
+        self.authenticate_admitted(tcp, remote_addr, None).await
+    }
+
+    async fn authenticate_admitted(
+        &self,
+        tcp: TcpStream,
+        remote_addr: SocketAddr,
+        ticket: Option<&Ticket>,
+    ) -> Result<AuthenticatedStream, TransportError> {
         let peer = remote_addr.to_string();
+        let first_bytes = self.first_bytes_timeout.min(self.handshake_timeout);
         let fut = async {
             let _ = tcp.set_nodelay(true);
+            first_byte(&tcp, &peer, first_bytes).await?;
+            if let Some(ticket) = ticket {
+                ticket.started();
+            }
             let (mut inner, binding) = match &self.acceptor {
                 Some(acceptor) => {
                     let tls = acceptor
@@ -152,6 +208,29 @@ impl ServerAuth {
     }
 }
 
+/// Waits for the peer's first byte (without reading it).
+async fn first_byte(tcp: &TcpStream, peer: &str, timeout: Duration) -> Result<(), TransportError> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(timeout, tcp.peek(&mut byte)).await {
+        Ok(Ok(0)) => Err(TransportError::HandshakeIo {
+            addr: peer.to_string(),
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection before sending anything",
+            ),
+        }),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(source)) => Err(TransportError::HandshakeIo {
+            addr: peer.to_string(),
+            source,
+        }),
+        Err(_) => Err(TransportError::NoHandshakeBytes {
+            addr: peer.to_string(),
+            timeout,
+        }),
+    }
+}
+
 /// The stream of authenticated connections from `listener`, for
 /// `tonic::transport::Server::serve_with_incoming`.
 ///
@@ -184,17 +263,18 @@ async fn accept_loop(
     auth: Arc<ServerAuth>,
     tx: mpsc::Sender<AuthenticatedStream>,
 ) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let admission = Admission::new(auth.limits);
+    let failures = Arc::new(FailureLog::new(auth.failure_log_interval));
+    let every = failures.interval();
+    let mut counts = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    counts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let permit = tokio::select! {
-            _ = tx.closed() => return,
-            p = pending.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
         let accepted = tokio::select! {
-            _ = tx.closed() => return,
+            _ = tx.closed() => break,
+            _ = counts.tick() => {
+                failures.flush();
+                continue;
+            }
             a = listener.accept() => a,
         };
         let (tcp, remote_addr) = match accepted {
@@ -206,11 +286,20 @@ async fn accept_loop(
                 continue;
             }
         };
+        // A duplicate of the socket lets the admission ask the kernel
+        // whether the peer has sent anything (one more descriptor while
+        // the connection is pending; without it, only the task can tell).
+        let probe = std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned().ok();
+        let (ticket, crowded) = admission.admit(remote_addr.ip(), probe);
         let auth = auth.clone();
         let tx = tx.clone();
+        let failures = Arc::clone(&failures);
         tokio::spawn(async move {
-            let result = auth.authenticate(tcp, remote_addr).await;
-            drop(permit);
+            let result = tokio::select! {
+                r = auth.authenticate_admitted(tcp, remote_addr, Some(&ticket)) => r,
+                Ok(why) = crowded => Err(crowded_error(remote_addr, why)),
+            };
+            drop(ticket);
             match result {
                 Ok(stream) => {
                     tracing::debug!(
@@ -221,21 +310,21 @@ async fn accept_loop(
                     // If the server is gone the connection is simply dropped.
                     let _ = tx.send(stream).await;
                 }
-                Err(e) => log_failure(remote_addr, &e),
+                Err(e) => failures.record(remote_addr, &e),
             }
         });
     }
+    failures.flush();
 }
 
-fn log_failure(peer: SocketAddr, e: &TransportError) {
-    match e {
-        TransportError::ClientNotAuthenticated { role, .. } => {
-            tracing::warn!(peer = %peer, role = %role, "{e}")
-        }
-        TransportError::RoleNotAccepted { role, .. } => {
-            tracing::warn!(peer = %peer, role = %role, "connection refused: {e}")
-        }
-        _ => tracing::warn!(peer = %peer, "connection dropped before authentication: {e}"),
+fn crowded_error(peer: SocketAddr, why: Crowded) -> TransportError {
+    let reason = match why {
+        Crowded::Address(n) => format!("its address had {n} unauthenticated connections"),
+        Crowded::Server(n) => format!("the server had {n} unauthenticated connections"),
+    };
+    TransportError::Crowded {
+        addr: peer.to_string(),
+        reason,
     }
 }
 

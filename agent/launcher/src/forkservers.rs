@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -127,6 +128,7 @@ impl Forkservers {
         let log_file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log_path)
             .map_err(|e| format!("forkserver log {}: {e}", log_path.display()))?;
         let mut cmd = Command::new(&key.0);

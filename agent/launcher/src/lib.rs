@@ -44,10 +44,11 @@ pub use error::{LaunchError, LauncherError, ProtocolError};
 pub use mpctl_node::adoption::SOCKET_FILE as ADOPT_SOCKET_FILE;
 pub use output::truncation_marker;
 pub use protocol::{
-    Bootstrap, ExitRecord, FromLauncher, Hello, LaunchSpec, Launched, RunningRecord, ToLauncher,
+    Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunningRecord,
+    ToLauncher,
 };
 pub use server::run;
-pub use setup::{LOCK_FILE, LOG_FILE, SOCKET_FILE};
+pub use setup::{create_private_dir, LOCK_FILE, LOG_FILE, SOCKET_FILE};
 
 /// Writes one timestamped line to the launcher's log (its stderr, which is
 /// `DIR/launcher.log` once it is ready). Never fails.

@@ -32,10 +32,11 @@ pub fn truncation_marker(limit: u64) -> String {
     format!("\n[mpctl: output truncated at {limit} bytes]\n")
 }
 
-/// Creates (0600) and truncates an output file, and its directory if needed.
+/// Creates (0600) and truncates an output file, and its directory (0700)
+/// if needed.
 fn create_log_file(path: &Path) -> io::Result<File> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        super::setup::create_private_dir(dir)?;
     }
     OpenOptions::new()
         .write(true)

@@ -88,6 +88,48 @@ pub struct Hello {
     /// Exits not yet acknowledged, oldest first. Those that would make the
     /// frame too large follow the Hello as [`FromLauncher::Exited`].
     pub exited: Vec<ExitRecord>,
+    /// Records of the exit journal that failed their checksum (see
+    /// `journal`): their exits are not in `exited`, and the node cannot
+    /// vouch for them until an operator has looked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub journal_damage: Vec<JournalDamage>,
+}
+
+/// One damaged record of the exit journal: never believed, always reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalDamage {
+    /// The damaged journal, kept byte for byte (remove it to clear the
+    /// report once it has been dealt with).
+    pub preserved: PathBuf,
+    /// 1-based line and byte offset of the record in that file.
+    pub line: u64,
+    pub offset: u64,
+    /// What is wrong with it (e.g. the checksum mismatch).
+    pub reason: String,
+    /// The process id the record seems to name: a hint for the operator,
+    /// not trusted (the record is damaged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect_id: Option<String>,
+}
+
+impl std::fmt::Display for JournalDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "damaged exit record at line {} (byte {}) of {}: {}",
+            self.line,
+            self.offset,
+            self.preserved.display(),
+            self.reason
+        )?;
+        if let Some(id) = &self.suspect_id {
+            write!(
+                f,
+                "; it seems to name process {id}, whose exit code is therefore unknown"
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// A successful launch (or the existing process for an id already launched).

@@ -7,7 +7,7 @@
 
 use std::fs;
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mpctl_node::adoption::FromAdopt;
@@ -19,9 +19,11 @@ use crate::agent::AgentLink;
 use crate::children::Children;
 use crate::error::LauncherError;
 use crate::forkservers::{self, Forkservers};
-use crate::journal::Journal;
+use crate::journal::{self, Journal};
 use crate::log;
-use crate::protocol::{ExitRecord, FromLauncher, Hello, LaunchSpec, ToLauncher, MAX_FRAME};
+use crate::protocol::{
+    ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, ToLauncher, MAX_FRAME,
+};
 use crate::setup::{self, SOCKET_FILE};
 use crate::signals::Signals;
 
@@ -74,7 +76,7 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         return setup::announce_ready();
     };
     let sigfd = setup::signals()?;
-    let (journal, skipped) = Journal::open(dir)?;
+    let (journal, report) = Journal::open(dir)?;
     let listener = setup::listen(dir)?;
     let adoption = Adoption::listen(dir)?;
     setup::ready_and_detach(dir)?;
@@ -83,16 +85,16 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         std::process::id(),
         dir.display()
     ));
-    for line in skipped {
-        log(format_args!("journal: {line}"));
-    }
+    journal::log_report(&report);
     let mut launcher = Launcher {
+        dir: dir.to_owned(),
         agent: AgentLink::new(listener),
         signals: Signals::new(sigfd),
         children: Children::default(),
         forkservers: Forkservers::new(dir),
         adoption,
         journal,
+        journal_damage: report.damaged,
         stop: false,
     };
     let result = launcher.serve();
@@ -105,12 +107,15 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
 }
 
 struct Launcher {
+    dir: PathBuf,
     agent: AgentLink,
     signals: Signals,
     children: Children,
     forkservers: Forkservers,
     adoption: Adoption,
     journal: Journal,
+    /// Damaged journal records, reported in every Hello.
+    journal_damage: Vec<JournalDamage>,
     stop: bool,
 }
 
@@ -185,12 +190,25 @@ impl Launcher {
                 self.on_agent(PollFlags::POLLIN);
             }
             if self.agent.install(stream) {
+                self.refresh_journal_damage();
                 let (hello, rest) = self.hello();
                 self.agent.send(&FromLauncher::Hello(hello));
                 for rec in rest {
                     self.agent.send(&FromLauncher::Exited(rec));
                 }
             }
+        }
+    }
+
+    /// Damage is reported while its kept file is there: an operator who
+    /// removed it clears the report for the next agent connection.
+    fn refresh_journal_damage(&mut self) {
+        if self.journal_damage.is_empty() {
+            return;
+        }
+        match journal::damage_kept_in(&self.dir) {
+            Ok(damage) => self.journal_damage = damage,
+            Err(e) => log(format_args!("journal: listing damaged journals: {e}")),
         }
     }
 
@@ -210,6 +228,7 @@ impl Launcher {
         let hello = Hello {
             running: self.children.running(),
             exited,
+            journal_damage: self.journal_damage.clone(),
         };
         (hello, rest)
     }
@@ -254,6 +273,20 @@ impl Launcher {
                     at_unix_ms: rec.at_unix_ms,
                 }));
             self.agent.send(&FromLauncher::Exited(rec));
+            return;
+        }
+        if let Some(d) = self
+            .journal_damage
+            .iter()
+            .find(|d| d.suspect_id.as_deref() == Some(spec.id.as_str()))
+        {
+            // It may have run and exited already: never run it twice.
+            let error = format!(
+                "not launched: this node may have run it already, and its exit record is damaged ({d})"
+            );
+            log(format_args!("launch {} refused: {error}", spec.id));
+            self.agent
+                .send(&FromLauncher::LaunchFailed { id: spec.id, error });
             return;
         }
         let outcome = match spec.forkserver.clone() {

@@ -22,14 +22,18 @@ pub const SOCKET_FILE: &str = "launcher.sock";
 /// Where the launcher's stderr goes once it is ready.
 pub const LOG_FILE: &str = "launcher.log";
 
+/// Creates `dir` and the directories above it that are missing, 0700, and
+/// makes `dir` 0700 if it already existed (state from before files were
+/// kept private): node state, output and sockets are for this user only.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
 /// Creates `dir` (0700) and takes the non-blocking exclusive lock. `None`
 /// when another launcher holds it.
 pub fn lock_dir(dir: &Path) -> Result<Option<Flock<File>>, LauncherError> {
-    DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| LauncherError::path("create directory", dir, e))?;
+    create_private_dir(dir).map_err(|e| LauncherError::path("create directory", dir, e))?;
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)
@@ -39,6 +43,8 @@ pub fn lock_dir(dir: &Path) -> Result<Option<Flock<File>>, LauncherError> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| LauncherError::path("open lock", &path, e))?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| LauncherError::path("chmod", &path, e))?;
     let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(lock) => lock,
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
@@ -105,6 +111,8 @@ pub fn ready_and_detach(dir: &Path) -> Result<(), LauncherError> {
         .mode(0o600)
         .open(&log_path)
         .map_err(|e| LauncherError::path("open log", &log_path, e))?;
+    log.set_permissions(fs::Permissions::from_mode(0o600))
+        .map_err(|e| LauncherError::path("chmod", &log_path, e))?;
     nix::unistd::dup2_stdin(&null).map_err(|e| LauncherError::setup("dup2 stdin", e))?;
     nix::unistd::dup2_stdout(&null).map_err(|e| LauncherError::setup("dup2 stdout", e))?;
     nix::unistd::dup2_stderr(&log).map_err(|e| LauncherError::setup("dup2 stderr", e))?;
