@@ -34,6 +34,8 @@ pub enum AgentError {
         #[source]
         source: mpctl_transport::TransportError,
     },
+    #[error(transparent)]
+    Health(#[from] mpctl_transport::health::HealthError),
     #[error("session with the coordinator at {server} ended: {status}")]
     Session {
         server: String,
@@ -85,6 +87,16 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    run_with_health(config, None, shutdown).await
+}
+
+/// [`run`], also serving `grpc.health.v1` in plaintext on `health` (if
+/// given): SERVING while registered with the launcher connected.
+pub async fn run_with_health(
+    config: AgentConfig,
+    health: Option<std::net::SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let config = Arc::new(config);
     let launcher_dir = config.data_dir.join("launcher");
     let procs_dir = config.data_dir.join("procs");
@@ -119,6 +131,21 @@ pub async fn run(
         path: procs_dir.clone(),
         source,
     })?;
+    let _health = match health {
+        Some(addr) => Some(
+            mpctl_transport::health::serve(
+                addr,
+                &["mpctl.v1.AgentService"],
+                crate::health::readiness(
+                    Arc::clone(&state),
+                    launcher.clone(),
+                    config.server.clone(),
+                ),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let ctx = Ctx {
         config: Arc::clone(&config),
         state,

@@ -10,10 +10,13 @@
 //!   launches and exits (re-sending unacknowledged exits after any reconnect), and
 //!   serves process output ([`logs`], woken by one shared inotify instance in
 //!   `output_watch`), and relays pool workers' tasks and results over a
-//!   node-local socket ([`pool_relay`]).
+//!   node-local socket ([`pool_relay`]). With a health address it serves
+//!   `grpc.health.v1` there, ready once registered with its launcher
+//!   connected (`health`).
 
 pub mod config;
 pub mod daemon;
+mod health;
 pub mod launcher;
 pub mod logs;
 mod output_watch;
@@ -22,4 +25,4 @@ mod session;
 mod state;
 
 pub use config::AgentConfig;
-pub use daemon::{run, AgentError};
+pub use daemon::{run, run_with_health, AgentError};

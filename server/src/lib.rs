@@ -15,13 +15,15 @@
 //! the [`table`] in memory, decides where processes run ([`placement`]), and
 //! persists every change through the [`store`] (SQLite, one writer thread)
 //! before the agent messages that depend on it leave. Input from the wire is
-//! bounded in [`validate`].
+//! bounded in [`validate`]. [`health`] says when the coordinator is ready,
+//! for the plaintext health listener.
 
 #![forbid(unsafe_code)]
 
 pub mod agent_service;
 pub mod core;
 pub mod daemon;
+pub mod health;
 pub mod placement;
 pub mod pool;
 pub mod process_service;

@@ -8,7 +8,8 @@
 //! TLS session ([`handshake`], which documents the wire format). The server
 //! side ([`server`]) turns a listener into a stream of authenticated
 //! connections for tonic, tagging each request with a [`PeerIdentity`]; the
-//! client side ([`client`]) returns a tonic `Channel`. Errors ([`error`]) say
+//! client side ([`client`]) returns a tonic `Channel`. The one plaintext,
+//! unauthenticated listener is [`health`]: `grpc.health.v1` and nothing else. Errors ([`error`]) say
 //! what failed and what to do, and never contain key material.
 
 #![forbid(unsafe_code)]
@@ -18,6 +19,7 @@ pub mod authkey;
 pub mod client;
 pub mod error;
 pub mod handshake;
+pub mod health;
 mod io;
 pub mod keys;
 pub mod server;

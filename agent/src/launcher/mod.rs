@@ -32,7 +32,7 @@ pub use output::truncation_marker;
 pub use protocol::{
     Bootstrap, ExitRecord, FromLauncher, Hello, LaunchSpec, Launched, RunningRecord, ToLauncher,
 };
-pub use server::run;
+pub use server::{run, run_persistent};
 pub use setup::{LOCK_FILE, LOG_FILE, SOCKET_FILE};
 
 /// Writes one timestamped line to the launcher's log (its stderr, which is

@@ -40,6 +40,17 @@ const FINAL_DRAIN: usize = 16 << 20;
 /// no running child, no open output pipe. Returns at once (after printing
 /// "ready") when another launcher already serves `dir`.
 pub fn run(dir: &Path) -> Result<(), LauncherError> {
+    serve_dir(dir, false)
+}
+
+/// [`run`] for a launcher that is its container's main process (started on
+/// its own, not by the agent): it does not exit when idle, only on SIGTERM
+/// or SIGINT with no managed process running.
+pub fn run_persistent(dir: &Path) -> Result<(), LauncherError> {
+    serve_dir(dir, true)
+}
+
+fn serve_dir(dir: &Path, persistent: bool) -> Result<(), LauncherError> {
     let Some(_lock) = setup::lock_dir(dir)? else {
         return setup::announce_ready();
     };
@@ -72,6 +83,7 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         forkservers: Forkservers::default(),
         adoption,
         stop: false,
+        persistent,
     };
     let result = server.serve();
     if let Err(e) = fs::remove_file(&server.socket_path) {
@@ -119,6 +131,8 @@ struct Server {
     forkservers: Forkservers,
     adoption: Adoption,
     stop: bool,
+    /// Never idle: see [`run_persistent`].
+    persistent: bool,
 }
 
 fn now_ms() -> i64 {
@@ -160,7 +174,8 @@ impl Server {
 
     /// Nothing left to serve (and the first agent had its chance to come).
     fn idle(&self) -> bool {
-        self.conn.is_none()
+        !self.persistent
+            && self.conn.is_none()
             && self.running.is_empty()
             && self.pipes.is_empty()
             && (self.seen_agent || self.started.elapsed() >= FIRST_CONNECTION_GRACE)
