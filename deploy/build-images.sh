@@ -54,11 +54,9 @@ uid=10001
 work=$(mktemp -d "$cache/build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-# The real path of every shared object an executable needs, loader included.
+# Every shared object an executable needs (loader included), as ldd names it.
 libs_of() {
-    ldd "$1" | awk '/=> \// {print $3} /^\s*\/[^ ]+ \(/ {print $1}' | while read -r lib; do
-        readlink -f "$lib"
-    done
+    ldd "$1" | awk '/=> \// {print $3} /^[ \t]*\/[^ ]+ \(/ {print $1}'
 }
 
 # Copies a host file into the root at its real path (merged /usr: /bin,
@@ -70,36 +68,46 @@ put() {
     cp -p "$src" "$root$src"
 }
 
+# Copies a library under the name the loader looks for (its soname, which
+# on the host is often a symlink), in its directory's real path.
+put_lib() {
+    local root=$1 dir
+    dir=$(readlink -f "$(dirname "$2")")
+    mkdir -p "$root$dir"
+    cp -pL "$2" "$root$dir/$(basename "$2")"
+}
+
 skeleton() {
     local root=$1 data=$2
-    mkdir -p "$root"/{usr/bin,usr/lib,usr/sbin,lib64,etc,tmp,home/mpctl,"${data#/}",usr/local/bin}
-    ln -s usr/bin "$root/bin"
-    ln -s usr/lib "$root/lib"
-    ln -s usr/sbin "$root/sbin"
+    mkdir -p "$root"/{usr/bin,usr/lib,usr/sbin,etc,tmp,home/mpctl,"${data#/}",usr/local/bin}
+    # The host's top-level layout (merged /usr on Debian 12: symlinks).
+    local d
+    for d in bin lib lib64 sbin; do
+        if [ -L "/$d" ]; then
+            ln -s "$(readlink "/$d")" "$root/$d"
+        elif [ -d "/$d" ]; then
+            mkdir -p "$root/$d"
+        fi
+    done
     chmod 1777 "$root/tmp"
     printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nmpctl:x:%d:%d:mpctl:/home/mpctl:/usr/sbin/nologin\n' $uid $uid >"$root/etc/passwd"
     printf 'root:x:0:\nmpctl:x:%d:\n' $uid >"$root/etc/group"
     printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$root/etc/nsswitch.conf"
     chown $uid:$uid "$root/home/mpctl" "$root/${data#/}"
     chmod 0750 "$root/home/mpctl" "$root/${data#/}"
-    # Every binary here is dynamically linked against the same loader.
-    local loader
-    loader=$(readlink -f /lib64/ld-linux-x86-64.so.2)
-    put "$root" "$loader"
-    ln -s "$loader" "$root/lib64/ld-linux-x86-64.so.2"
 }
 
 # A tarball with sorted names, fixed times and numeric owners: the same
 # inputs give the same bytes, so its hash names the base image.
 pack() {
-    tar --sort=name --mtime=@0 --numeric-owner --format=gnu --pax-option=delete=atime,delete=ctime \
+    tar --sort=name --mtime=@0 --numeric-owner --format=gnu \
         -C "$1" -cf "$2" .
 }
 
 base_coordinator() {
     local root=$work/coordinator
     skeleton "$root" /var/lib/mpctl
-    for lib in $(libs_of "$binary"); do put "$root" "$lib"; done
+    for lib in $(libs_of "$binary"); do put_lib "$root" "$lib"; done
 }
 
 base_agent() {
@@ -111,9 +119,9 @@ base_agent() {
     done < <(dpkg -L coreutils | grep -E '^/usr/s?bin/|^/bin/')
     for f in "${progs[@]}"; do
         put "$root" "$f"
-        for lib in $(libs_of "$f" 2>/dev/null || true); do put "$root" "$lib"; done
+        for lib in $(libs_of "$f" 2>/dev/null || true); do put_lib "$root" "$lib"; done
     done
-    for lib in $(libs_of "$binary"); do put "$root" "$lib"; done
+    for lib in $(libs_of "$binary"); do put_lib "$root" "$lib"; done
     ln -s dash "$root/usr/bin/sh"
 }
 
@@ -149,8 +157,12 @@ build() {
     base_image "$part"
     printf '%s\n' "FROM $base" "$dockerfile" >"$context/Dockerfile"
     echo "== mpctl-$part:$tag"
-    DOCKER_BUILDKIT=0 docker build -q --label "org.opencontainers.image.version=$version" \
-        -t "mpctl-$part:$tag" "$context" >/dev/null
+    # The classic builder: FROM a local image, never a registry.
+    if ! DOCKER_BUILDKIT=0 docker build -q --label "org.opencontainers.image.version=$version" \
+        -t "mpctl-$part:$tag" "$context" >"$work/build.log" 2>&1; then
+        cat "$work/build.log" >&2
+        exit 1
+    fi
 }
 
 build coordinator "COPY mpctl /usr/local/bin/mpctl
