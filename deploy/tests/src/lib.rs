@@ -331,7 +331,10 @@ impl Env {
 
     /// An SDK connection to the coordinator (TLS and the authkey, as a
     /// laptop would connect).
+    /// Waits for the coordinator's health port to say SERVING first.
     pub async fn cluster(&self) -> Result<Cluster> {
+        self.wait_serving("coordinator", Duration::from_secs(60))
+            .await?;
         let key = AuthKey::load(&self.key_path)?;
         Ok(Cluster::connect(&self.addr(), &key, Security::Tls).await?)
     }
@@ -352,6 +355,20 @@ impl Env {
             })?
         };
         Ok(mpctl_transport::health::check(&addr, Duration::from_secs(3)).await?)
+    }
+
+    /// Waits until a container's health listener says SERVING.
+    pub async fn wait_serving(&self, container: &str, timeout: Duration) -> Result<Duration> {
+        let began = Instant::now();
+        loop {
+            match self.health(container).await {
+                Ok((true, _)) => return Ok(began.elapsed()),
+                other if began.elapsed() > timeout => {
+                    bail!("{container} not SERVING within {timeout:?}: {other:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
     }
 
     /// Waits until every named agent is ready, as the coordinator sees it.
@@ -397,15 +414,26 @@ impl Env {
     /// command started and how many times it reached its end.
     pub fn markers(&self, i: usize) -> Result<HashMap<String, (usize, usize)>> {
         let name = self.name(&format!("launcher-{i}"));
+        // Only sh and coreutils on the node: list, parse here.
         let listing = docker(&[
-            "exec", &name, "sh", "-c",
-            "cd /tmp/m 2>/dev/null || exit 0; for f in *; do [ -f \"$f\" ] && echo \"$f $(grep -c start \"$f\") $(grep -c end \"$f\")\"; done; true",
+            "exec",
+            &name,
+            "sh",
+            "-c",
+            "cd /tmp/m 2>/dev/null || exit 0; for f in *; do [ -f \"$f\" ] && echo \"== $f\" && cat \"$f\"; done; true",
         ])?;
-        let mut m = HashMap::new();
+        let mut m: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut current: Option<String> = None;
         for line in listing.lines() {
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            if let [token, starts, ends] = parts[..] {
-                m.insert(token.to_owned(), (starts.parse()?, ends.parse()?));
+            if let Some(token) = line.strip_prefix("== ") {
+                m.entry(token.to_owned()).or_default();
+                current = Some(token.to_owned());
+            } else if let Some(entry) = current.as_ref().and_then(|t| m.get_mut(t)) {
+                match line {
+                    "start" => entry.0 += 1,
+                    "end" => entry.1 += 1,
+                    _ => {}
+                }
             }
         }
         Ok(m)
