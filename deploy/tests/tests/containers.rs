@@ -101,6 +101,11 @@ async fn health_port_says_serving_only_when_ready() {
     // And a command from the host runs on the node and prints its hostname.
     env.docker_on(&["start"], "coordinator")
         .expect("start coordinator");
+    let back = env
+        .wait_serving("coordinator", Duration::from_secs(30))
+        .await
+        .expect("coordinator SERVING again");
+    println!("health: coordinator restarted -> SERVING after {back:?}");
     let cluster = env.cluster().await.expect("connect");
     env.wait_agents(&cluster, &nodes(1), Duration::from_secs(60))
         .await
@@ -582,4 +587,34 @@ async fn compose_cluster_up_run_down() {
     let left = project.down().expect("compose down");
     assert_eq!(left, "", "left behind by down -v");
     println!("compose: 3 agents ready {ready:?} after up; `hostname` ran on {host}; down -v left nothing");
+}
+
+/// A client's join in flight when the coordinator is SIGKILLed and started
+/// again: the SDK reconnects and the same call returns the real code.
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_join_survives_coordinator_restart() {
+    let Some(env) = Env::start_or_skip("reconnect", 1, LEASE) else {
+        return;
+    };
+    let cluster = env.cluster().await.expect("connect");
+    env.wait_agents(&cluster, &nodes(1), Duration::from_secs(60))
+        .await
+        .expect("agent ready");
+    let mut p = Process::new(&cluster, marked("r", 4.0, 9));
+    p.start().await.expect("start");
+    let join = tokio::spawn(async move { p.join(None).await.map(|()| p.exitcode()) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed = Instant::now();
+    env.docker_on(&["kill", "-s", "KILL"], "coordinator")
+        .expect("kill");
+    env.docker_on(&["start"], "coordinator").expect("start");
+    let code = join
+        .await
+        .expect("join task")
+        .expect("join across the restart");
+    assert_eq!(code, Some(9));
+    println!(
+        "reconnect: a join in flight across a coordinator SIGKILL + start returned exit code 9, {:?} after the kill",
+        killed.elapsed()
+    );
 }
