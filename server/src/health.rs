@@ -36,3 +36,25 @@ pub fn readiness(data_dir: PathBuf) -> ReadyFn {
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_when_the_directory_takes_a_write_with_the_reason_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(readiness(dir.path().to_owned())().await, Ok(()));
+        assert!(dir.path().join(PROBE_FILE).exists());
+        // A data directory that is not there (a volume gone).
+        let gone = dir.path().join("gone");
+        let reason = readiness(gone.clone())().await.unwrap_err();
+        assert!(
+            reason.starts_with(&format!(
+                "store directory not writable ({}): ",
+                gone.join(PROBE_FILE).display()
+            )),
+            "{reason}"
+        );
+    }
+}
