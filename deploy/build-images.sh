@@ -18,7 +18,10 @@
 # Usage: deploy/build-images.sh [--tag TAG] [--binary PATH]
 #   --tag TAG      image tag (default: dev)
 #   --binary PATH  use this mpctl instead of `cargo build --release`
-# Environment: MPCTL_IMAGE_CACHE (default: target/deploy) for the tarballs.
+# Environment: MPCTL_IMAGE_CACHE (default: target/deploy): scratch space for
+# assembling the root filesystems (removed after each build; the cache is
+# the imported base image itself). Needs a Debian/Ubuntu host (dpkg lists
+# coreutils' files) with docker, tar, ldd and strip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -29,12 +32,12 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --tag) tag=$2; shift 2 ;;
         --binary) binary=$2; shift 2 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "build-images.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
-for tool in docker tar sha256sum ldd strip; do
+for tool in docker tar sha256sum ldd strip dpkg; do
     command -v "$tool" >/dev/null || { echo "build-images.sh: needs $tool on PATH" >&2; exit 2; }
 done
 docker info >/dev/null 2>&1 || { echo "build-images.sh: the Docker daemon is not reachable (docker info failed)" >&2; exit 2; }

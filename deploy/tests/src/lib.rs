@@ -603,6 +603,14 @@ impl ComposeProject {
         wait_agents(cluster, names, timeout).await
     }
 
+    /// Docker's health status of a service's container (`healthy`, ...).
+    pub fn health_status(&self, service: &str) -> Result<String> {
+        let project = format!("label=com.docker.compose.project={}", self.name);
+        let svc = format!("label=com.docker.compose.service={service}");
+        let id = docker(&["ps", "-q", "--filter", &project, "--filter", &svc])?;
+        docker(&["inspect", "--format", "{{.State.Health.Status}}", &id])
+    }
+
     /// `down -v`; returns whatever of the project is left (empty: nothing).
     pub fn down(mut self) -> Result<String> {
         self.up = false;

@@ -123,6 +123,32 @@ async fn health_port_says_serving_only_when_ready() {
         out.extend(chunk.data);
     }
     assert_eq!(String::from_utf8_lossy(&out), "node-1\n");
+
+    // Orphans (grandchildren whose parent exited) are reaped by the
+    // launcher, PID 1 of its container: no <defunct> stays behind.
+    let mut p = Process::new(
+        &cluster,
+        ["sh", "-c", "(sleep 0.3 &); (sleep 0.3 &); exit 0"],
+    );
+    p.start().await.expect("start");
+    p.join(None).await.expect("join");
+    let began = Instant::now();
+    let table = loop {
+        let table = env
+            .docker_on(&["top"], "launcher-1")
+            .map(|t| t + "\n")
+            .expect("docker top");
+        let sleeping = table.contains("sleep 0.3");
+        if !sleeping || began.elapsed() > Duration::from_secs(10) {
+            break env.docker_on(&["top"], "launcher-1").expect("docker top");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        !table.contains("defunct") && !table.contains("sleep"),
+        "{table}"
+    );
+    println!("reaping: two orphans exited, launcher container's process table has no <defunct>");
 }
 
 /// Partition one node past its lease while its processes run and some
@@ -584,9 +610,25 @@ async fn compose_cluster_up_run_down() {
     }
     let host = String::from_utf8_lossy(&out).trim().to_owned();
     assert!(names.contains(&host), "hostname {host:?}");
+    // The compose health checks (`mpctl health` in each container) pass.
+    let began = Instant::now();
+    for service in ["coordinator", "agent-1", "agent-2", "agent-3"] {
+        loop {
+            let status = project.health_status(service).expect("health status");
+            if status == "healthy" {
+                break;
+            }
+            assert!(
+                began.elapsed() < Duration::from_secs(60),
+                "{service} is {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let healthy = began.elapsed();
     let left = project.down().expect("compose down");
     assert_eq!(left, "", "left behind by down -v");
-    println!("compose: 3 agents ready {ready:?} after up; `hostname` ran on {host}; down -v left nothing");
+    println!("compose: 3 agents ready {ready:?} after up; `hostname` ran on {host}; all healthy by Docker's checks {healthy:?} later; down -v left nothing");
 }
 
 /// A client's join in flight when the coordinator is SIGKILLed and started
