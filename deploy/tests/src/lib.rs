@@ -28,6 +28,69 @@ use mpctl::{AuthKey, Cluster, Security};
 
 /// The label every container, volume and network of the suite carries.
 pub const LABEL: &str = "mpctl-test=1";
+/// The label naming the test process that made a resource: what
+/// [`sweep_stale`] removes when that process is gone.
+pub const PID_LABEL: &str = "mpctl-test-pid";
+
+fn pid_label() -> String {
+    format!("{PID_LABEL}={}", std::process::id())
+}
+
+/// Removes what test processes killed before their cleanup ran (a signal
+/// skips `Drop`) left behind: resources labelled with the pid of a process
+/// that no longer exists. Runs before each `Env` starts.
+pub fn sweep_stale() {
+    let dead =
+        |pid: &str| !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let listed = |args: &[&str]| -> Vec<(String, String)> {
+        docker(args)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(a, b)| (a.to_owned(), b.trim().to_owned()))
+            .collect()
+    };
+    let format = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
+    for (id, pid) in listed(&[
+        "ps",
+        "-a",
+        "--filter",
+        "label=mpctl-test=1",
+        "--format",
+        &format,
+    ]) {
+        if dead(&pid) {
+            let _ = docker(&["unpause", &id]);
+            let _ = docker(&["rm", "-f", "-v", &id]);
+        }
+    }
+    let format = format!("{{{{.Name}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
+    for (name, pid) in listed(&[
+        "volume",
+        "ls",
+        "--filter",
+        "label=mpctl-test=1",
+        "--format",
+        &format,
+    ]) {
+        if dead(&pid) {
+            let _ = docker(&["volume", "rm", "-f", &name]);
+        }
+    }
+    let format = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
+    for (id, pid) in listed(&[
+        "network",
+        "ls",
+        "--filter",
+        "label=mpctl-test=1",
+        "--format",
+        &format,
+    ]) {
+        if dead(&pid) {
+            let _ = docker(&["network", "rm", &id]);
+        }
+    }
+}
 
 fn image(part: &str) -> String {
     let tag = std::env::var("MPCTL_IMAGE_TAG").unwrap_or_else(|_| "dev".to_owned());
@@ -133,7 +196,9 @@ impl Env {
             res: Mutex::new(Resources::default()),
         };
         let net = env.name("net");
-        docker(&["network", "create", "--label", LABEL, &net])?;
+        sweep_stale();
+        let pid = pid_label();
+        docker(&["network", "create", "--label", LABEL, "--label", &pid, &net])?;
         env.res().networks.push(net);
         let keys = env.volume("keys")?;
         // As the compose file does: the key, 0400, owned by the images' user.
@@ -182,7 +247,15 @@ impl Env {
 
     fn volume(&self, what: &str) -> Result<String> {
         let v = self.name(what);
-        docker(&["volume", "create", "--label", LABEL, &v])?;
+        docker(&[
+            "volume",
+            "create",
+            "--label",
+            LABEL,
+            "--label",
+            &pid_label(),
+            &v,
+        ])?;
         self.res().volumes.push(v.clone());
         Ok(v)
     }
@@ -190,6 +263,7 @@ impl Env {
     fn run(&self, container: &str, args: &[&str]) -> Result<()> {
         let name = self.name(container);
         let net = self.name("net");
+        let pid = pid_label();
         let mut all = vec![
             "run",
             "-d",
@@ -197,6 +271,8 @@ impl Env {
             &name,
             "--label",
             LABEL,
+            "--label",
+            &pid,
             "--network",
             &net,
             "--cap-drop",
