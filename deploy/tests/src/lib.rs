@@ -629,6 +629,7 @@ impl Compose {
             _dir: dir,
             up: true,
         };
+        project.sweep_stale();
         project.run(&["up", "-d"])?;
         Ok(project)
     }
@@ -677,6 +678,39 @@ impl ComposeProject {
         timeout: Duration,
     ) -> Result<Duration> {
         wait_agents(cluster, names, timeout).await
+    }
+
+    /// `down -v` of the suite's compose projects whose test process is gone
+    /// (their names carry its pid: `mpctlft<pid>x...`).
+    fn sweep_stale(&self) {
+        let Ok(listing) = docker(&[
+            "ps",
+            "-a",
+            "--filter",
+            "label=com.docker.compose.project",
+            "--format",
+            "{{.Label \"com.docker.compose.project\"}}",
+        ]) else {
+            return;
+        };
+        let mut stale: Vec<&str> = listing
+            .lines()
+            .filter(|name| {
+                name.strip_prefix("mpctlft")
+                    .and_then(|rest| rest.split_once('x'))
+                    .is_some_and(|(pid, _)| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+            })
+            .collect();
+        stale.sort_unstable();
+        stale.dedup();
+        for name in stale {
+            let file = concat!(env!("CARGO_MANIFEST_DIR"), "/../compose.yaml");
+            let _ = Command::new(self.compose.program[0])
+                .args(&self.compose.program[1..])
+                .args(["-p", name, "-f", file, "down", "-v", "--remove-orphans"])
+                .env("MPCTL_AUTHKEY_FILE", &self.key_path)
+                .output();
+        }
     }
 
     /// Docker's health status of a service's container (`healthy`, ...).
