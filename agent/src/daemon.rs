@@ -28,6 +28,16 @@ pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    run_with_health(config, None, shutdown).await
+}
+
+/// [`run`], also serving `grpc.health.v1` in plaintext on `health` (if
+/// given): SERVING while registered with the launcher connected.
+pub async fn run_with_health(
+    config: AgentConfig,
+    health: Option<std::net::SocketAddr>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let config = Arc::new(config);
     let launcher_dir = config.data_dir.join("launcher");
     let procs_dir = config.data_dir.join("procs");
@@ -66,6 +76,21 @@ pub async fn run(
         path: procs_dir.clone(),
         source,
     })?;
+    let _health = match health {
+        Some(addr) => Some(
+            mpctl_transport::health::serve(
+                addr,
+                &["mpctl.v1.AgentService"],
+                crate::health::readiness(
+                    Arc::clone(&state),
+                    launcher.clone(),
+                    config.server.clone(),
+                ),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let ctx = Ctx {
         config: Arc::clone(&config),
         state,

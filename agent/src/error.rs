@@ -20,6 +20,8 @@ pub enum AgentError {
         #[source]
         source: mpctl_transport::TransportError,
     },
+    #[error(transparent)]
+    Health(#[from] mpctl_transport::health::HealthError),
     #[error("session with the coordinator at {server} ended: {status}")]
     Session {
         server: String,

@@ -12,7 +12,9 @@
 //!   launches and exits (re-sending unacknowledged exits after any reconnect), and
 //!   serves process output ([`logs`], woken by one shared inotify instance in
 //!   `output_watch`), and relays pool workers' tasks and results over a
-//!   node-local socket ([`pool_relay`]).
+//!   node-local socket ([`pool_relay`]). With a health address it serves
+//!   `grpc.health.v1` there, ready once registered with its launcher
+//!   connected (`health`).
 //!
 //! Modules only import downwards: [`daemon`] runs sessions ([`session`]),
 //! which use [`launcher`], `state`, [`logs`] and [`pool_relay`]; the error
@@ -23,6 +25,7 @@
 pub mod config;
 pub mod daemon;
 mod error;
+mod health;
 pub mod launcher;
 pub mod logs;
 mod output_watch;
@@ -31,4 +34,4 @@ mod session;
 mod state;
 
 pub use config::AgentConfig;
-pub use daemon::{run, AgentError};
+pub use daemon::{run, run_with_health, AgentError};

@@ -130,6 +130,7 @@ async fn serve(
         match msg.msg {
             Some(FromCoordinator::Registered(r)) => {
                 tracing::info!(agent = %ctx.config.name, %server, "registered with the coordinator");
+                ctx.state.registered();
                 let every = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 60_000));
                 let tx = tx.clone();
                 let state = Arc::clone(&ctx.state);

@@ -22,6 +22,8 @@ struct Inner {
     exited_while_launching: HashSet<String>,
     unacked: BTreeMap<String, Exited>,
     session: Option<SessionTx>,
+    /// The coordinator answered this session's `Register` (for readiness).
+    registered: bool,
 }
 
 impl Inner {
@@ -85,6 +87,7 @@ impl NodeState {
     pub fn open_session(&self, tx: SessionTx) -> (Vec<RunningProcess>, Vec<Exited>) {
         let mut g = self.lock();
         g.session = Some(tx);
+        g.registered = false;
         let running = g
             .running
             .iter()
@@ -98,7 +101,18 @@ impl NodeState {
     }
 
     pub fn close_session(&self) {
-        self.lock().session = None;
+        let mut g = self.lock();
+        g.session = None;
+        g.registered = false;
+    }
+
+    /// The coordinator accepted this session's `Register`.
+    pub fn registered(&self) {
+        self.lock().registered = true;
+    }
+
+    pub fn is_registered(&self) -> bool {
+        self.lock().registered
     }
 
     pub fn send(&self, msg: Msg) {

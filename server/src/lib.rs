@@ -20,12 +20,15 @@
 //! message leaves before the rows it depends on are durable. Waiters (join,
 //! wait, start, signal) sleep on per-process notifications; output is
 //! routed apart from the table.
+//! [`health`] says when the coordinator is ready, for the plaintext health
+//! listener.
 
 #![forbid(unsafe_code)]
 
 pub mod agent_service;
 pub mod core;
 pub mod daemon;
+pub mod health;
 pub mod pool;
 pub mod process_service;
 pub mod store;

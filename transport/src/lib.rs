@@ -10,7 +10,8 @@
 //! connections for tonic, tagging each request with a [`PeerIdentity`], and
 //! keeps unauthenticated connections from crowding out real ones
 //! ([`PendingLimits`]); the
-//! client side ([`client`]) returns a tonic `Channel`. Errors ([`error`]) say
+//! client side ([`client`]) returns a tonic `Channel`. The one plaintext,
+//! unauthenticated listener is [`health`]: `grpc.health.v1` and nothing else. Errors ([`error`]) say
 //! what failed and what to do, and never contain key material.
 
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod client;
 pub mod error;
 mod failure_log;
 pub mod handshake;
+pub mod health;
 mod io;
 pub mod keys;
 pub mod server;

@@ -72,6 +72,17 @@ impl<'a> Interest<'a> {
 /// no running child, no open output pipe. Returns at once (after printing
 /// "ready") when another launcher already serves `dir`.
 pub fn run(dir: &Path) -> Result<(), LauncherError> {
+    serve_dir(dir, false)
+}
+
+/// [`run`] for a launcher that is its container's main process (started on
+/// its own, not by the agent): it does not exit when idle, only on SIGTERM
+/// or SIGINT with no managed process running.
+pub fn run_persistent(dir: &Path) -> Result<(), LauncherError> {
+    serve_dir(dir, true)
+}
+
+fn serve_dir(dir: &Path, persistent: bool) -> Result<(), LauncherError> {
     let Some(_lock) = setup::lock_dir(dir)? else {
         return setup::announce_ready();
     };
@@ -96,6 +107,7 @@ pub fn run(dir: &Path) -> Result<(), LauncherError> {
         journal,
         journal_damage: report.damaged,
         stop: false,
+        persistent,
     };
     let result = launcher.serve();
     let socket = dir.join(SOCKET_FILE);
@@ -117,6 +129,8 @@ struct Launcher {
     /// Damaged journal records, reported in every Hello.
     journal_damage: Vec<JournalDamage>,
     stop: bool,
+    /// Never idle: see [`run_persistent`].
+    persistent: bool,
 }
 
 impl Launcher {
@@ -146,7 +160,7 @@ impl Launcher {
 
     /// Nothing left to serve (and the first agent had its chance to come).
     fn idle(&self) -> bool {
-        self.agent.is_idle() && self.children.is_idle()
+        !self.persistent && self.agent.is_idle() && self.children.is_idle()
     }
 
     /// Polls every handler's descriptors; returns the ready ones.

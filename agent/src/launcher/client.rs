@@ -281,6 +281,11 @@ impl LauncherClient {
             })
     }
 
+    /// Why the connection is gone, or `None` while it is up (for readiness).
+    pub fn closed_reason(&self) -> Option<String> {
+        self.inner.shared.lock().closed.clone()
+    }
+
     /// Resolves once every frame queued so far is written to the launcher
     /// (or the connection is gone): for a clean stop, so that acks sent
     /// just before it reach the launcher.

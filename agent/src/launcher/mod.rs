@@ -6,9 +6,10 @@ pub mod client;
 
 pub use client::{LauncherClient, LauncherEvent};
 pub use mpctl_launcher::{
-    journal, protocol, run, setup::create_private_dir, truncation_marker, Bootstrap, ExitRecord,
-    FromLauncher, Hello, JournalDamage, LaunchError, LaunchSpec, Launched, LauncherError,
-    ProtocolError, RunningRecord, ToLauncher, ADOPT_SOCKET_FILE, LOCK_FILE, LOG_FILE, SOCKET_FILE,
+    journal, protocol, run, run_persistent, setup::create_private_dir, truncation_marker,
+    Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchError, LaunchSpec, Launched,
+    LauncherError, ProtocolError, RunningRecord, ToLauncher, ADOPT_SOCKET_FILE, LOCK_FILE,
+    LOG_FILE, SOCKET_FILE,
 };
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
 //! The long-running commands: `dev`, `server`, `agent`, the hidden
-//! `launcher`, and `keygen`.
+//! `launcher`, and `keygen`; `health` probes a daemon's health listener.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -82,6 +82,26 @@ pub struct ServerArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     lease: LeaseArgs,
+    #[command(flatten)]
+    health: HealthListenArgs,
+}
+
+#[derive(Args)]
+pub struct HealthListenArgs {
+    /// Also serve grpc.health.v1 alone on ADDR, plaintext and unauthenticated,
+    /// for probes (the kubelet's gRPC probe, `mpctl health`); nothing else is
+    /// served there
+    #[arg(long, env = "MPCTL_HEALTH_LISTEN", value_name = "ADDR")]
+    health_listen: Option<SocketAddr>,
+}
+
+#[derive(Args)]
+pub struct HealthArgs {
+    /// The health listener's address HOST:PORT (see --health-listen)
+    addr: String,
+    /// Give up after this many seconds
+    #[arg(long, default_value_t = 3.0, value_name = "SECONDS")]
+    timeout: f64,
 }
 
 #[derive(Args)]
@@ -94,6 +114,8 @@ pub struct AgentArgs {
     data_dir: PathBuf,
     #[command(flatten)]
     node: NodeArgs,
+    #[command(flatten)]
+    health: HealthListenArgs,
 }
 
 #[derive(Args)]
@@ -110,6 +132,10 @@ pub struct KeygenArgs {
 pub struct LauncherArgs {
     #[arg(long)]
     dir: PathBuf,
+    /// Do not exit when idle (a launcher that is its container's main
+    /// process, outliving agent container restarts)
+    #[arg(long)]
+    persistent: bool,
 }
 
 fn security(g: &Global) -> Security {
@@ -182,13 +208,28 @@ pub async fn server(g: &Global, a: ServerArgs) -> anyhow::Result<i32> {
     let key_path = authkey_path(g)?;
     let coordinator = Coordinator::start(CoordinatorConfig {
         listen: a.listen,
-        data_dir: a.data_dir,
+        data_dir: a.data_dir.clone(),
         authkey: AuthKey::load(&key_path)?,
         security: security(g),
         timings: a.lease.timings()?,
     })
     .await?;
     eprintln!("mpctl server: listening on {}", coordinator.local_addr());
+    let _health = match a.health.health_listen {
+        Some(addr) => Some(
+            mpctl_transport::health::serve(
+                addr,
+                &[
+                    "mpctl.v1.ProcessManager",
+                    "mpctl.v1.AgentService",
+                    "mpctl.v1.PoolManager",
+                ],
+                mpctl_server::health::readiness(a.data_dir),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     coordinator.run_until(shutdown_signal()).await?;
     Ok(0)
 }
@@ -200,8 +241,33 @@ pub async fn agent(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
         "mpctl agent: {} with {} slots, coordinator {}",
         config.name, config.slots, config.server
     );
-    mpctl_agent::run(config, shutdown_signal()).await?;
+    mpctl_agent::run_with_health(config, a.health.health_listen, shutdown_signal()).await?;
     Ok(0)
+}
+
+/// `mpctl health ADDR`: 0 and `SERVING` when the part is ready; 1 and the
+/// reason otherwise (for container health checks and exec probes).
+pub async fn health(a: HealthArgs) -> anyhow::Result<i32> {
+    anyhow::ensure!(
+        a.timeout.is_finite() && a.timeout > 0.0,
+        "--timeout must be a positive number of seconds, not {}",
+        a.timeout
+    );
+    let timeout = Duration::from_secs_f64(a.timeout);
+    match mpctl_transport::health::check(&a.addr, timeout).await {
+        Ok((true, _)) => {
+            println!("SERVING");
+            Ok(0)
+        }
+        Ok((false, reason)) => {
+            println!("NOT_SERVING: {reason}");
+            Ok(1)
+        }
+        Err(e) => {
+            println!("UNREACHABLE: {e}");
+            Ok(1)
+        }
+    }
 }
 
 pub async fn dev(g: &Global, a: DevArgs) -> anyhow::Result<i32> {
@@ -297,7 +363,12 @@ pub fn keygen(a: KeygenArgs) -> anyhow::Result<i32> {
 }
 
 pub fn launcher(a: &LauncherArgs) -> i32 {
-    match mpctl_agent::launcher::run(&a.dir) {
+    let serve = if a.persistent {
+        mpctl_agent::launcher::run_persistent
+    } else {
+        mpctl_agent::launcher::run
+    };
+    match serve(&a.dir) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("mpctl launcher: {e}");

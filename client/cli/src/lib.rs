@@ -5,7 +5,8 @@
 //! Command-line parsing and dispatch live here; each group of commands has
 //! its module: [`run`] (run, submit), [`query`] (ps, inspect, join, wait,
 //! terminate, kill, logs, agents), [`map`] (command pools), [`daemons`]
-//! (dev, server, agent, keygen, launcher), with [`output`] for tables and
+//! (dev, server, agent, keygen, launcher,
+//! health), with [`output`] for tables and
 //! JSON. This crate alone holds clap, indicatif, anyhow and
 //! tracing-subscriber; the embedded cluster (`mpctl-embedded`) and the
 //! daemons (`mpctl-server`, `mpctl-agent`) are linked here and, for the
@@ -98,6 +99,8 @@ pub enum Command {
     Agent(daemons::AgentArgs),
     /// Write a new authkey file (mode 0600)
     Keygen(daemons::KeygenArgs),
+    /// Ask a daemon's health listener whether it is ready (exit 0 when SERVING)
+    Health(daemons::HealthArgs),
     /// The node launcher (started by the agent; not for direct use)
     #[command(hide = true)]
     Launcher(daemons::LauncherArgs),
@@ -179,6 +182,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Server(a) => daemons::server(&g, a).await,
         Command::Agent(a) => daemons::agent(&g, a).await,
         Command::Keygen(a) => daemons::keygen(a),
+        Command::Health(a) => daemons::health(a).await,
         Command::Launcher(_) => unreachable!("handled before the runtime starts"),
     }
 }

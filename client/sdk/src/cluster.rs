@@ -1,6 +1,8 @@
 //! A connection to a cluster's coordinator (or an embedded one).
 
+use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mpctl_proto::v1::{
     process_manager_client::ProcessManagerClient, GetRequest, ListAgentsRequest, ListRequest,
@@ -140,5 +142,49 @@ impl Cluster {
             .into_inner()
             .agents;
         agents.into_iter().map(wire::agent_info).collect()
+    }
+}
+
+/// How long an idempotent call (a start with its request id, a join) keeps
+/// retrying while the coordinator is unreachable, e.g. restarting: the
+/// channel reconnects by itself, so the next attempt reaches the new one.
+pub(crate) const RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+
+/// Runs `call` again while it fails for want of a connection to the
+/// coordinator ([`connection_lost`]), with backoff, for up to [`RECONNECT_WINDOW`] and never
+/// past `deadline`; any other outcome is returned as it is.
+pub(crate) async fn reconnecting<T, F, Fut>(
+    deadline: Option<Instant>,
+    mut call: F,
+) -> std::result::Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = std::result::Result<T, tonic::Status>>,
+{
+    let give_up = Instant::now() + RECONNECT_WINDOW;
+    let give_up = deadline.map_or(give_up, |d| d.min(give_up));
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match call().await {
+            Err(s) if connection_lost(&s) && Instant::now() + backoff < give_up => {
+                tracing::debug!(status = %s.message(), retry_in = ?backoff, "coordinator unreachable; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// The call failed because the connection did, not because the coordinator
+/// answered: `UNAVAILABLE` (no connection), or the `UNKNOWN` "transport
+/// error" tonic makes locally when a connection breaks under a call (it
+/// carries the transport error as its source; a status from the wire has
+/// none).
+fn connection_lost(s: &tonic::Status) -> bool {
+    match s.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown => std::error::Error::source(s).is_some(),
+        _ => false,
     }
 }

@@ -293,7 +293,15 @@ impl Process {
         if self.request.start_method == proto::StartMethod::Fork as i32 {
             return self.start_fork().await;
         }
-        let response = self.cluster.api().start(self.request.clone()).await;
+        // The request id makes a retry after a lost connection the same start.
+        let api = self.cluster.api();
+        let request = &self.request;
+        let response = crate::cluster::reconnecting(None, || {
+            let mut api = api.clone();
+            let request = request.clone();
+            async move { api.start(request).await }
+        })
+        .await;
         match response {
             Ok(r) => {
                 self.info = r.into_inner().process.map(wire::process_info).transpose()?;
@@ -368,16 +376,24 @@ impl Process {
     /// `exitcode()` is still `None` after a timeout.
     pub async fn join(&mut self, timeout: Option<Duration>) -> Result<()> {
         let id = self.started("join")?.id.clone();
-        let r = self
-            .cluster
-            .api()
-            .join(JoinRequest {
-                id: id.clone(),
-                timeout_ms: millis(timeout),
-            })
-            .await
-            .map_err(|s| Error::rpc("join", &id, s))?
-            .into_inner();
+        let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let api = self.cluster.api();
+        let r = crate::cluster::reconnecting(deadline, || {
+            let mut api = api.clone();
+            // What is left of the timeout, for an attempt after a reconnect.
+            let timeout = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+            let id = id.clone();
+            async move {
+                api.join(JoinRequest {
+                    id,
+                    timeout_ms: millis(timeout),
+                })
+                .await
+            }
+        })
+        .await
+        .map_err(|s| Error::rpc("join", &id, s))?
+        .into_inner();
         if let Some(info) = r.process {
             self.info = Some(wire::process_info(info)?);
         }
