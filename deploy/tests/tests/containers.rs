@@ -1,4 +1,4 @@
-//! DESIGN §6 across containers: each test builds its own cluster of Docker
+//! docs/design.md §6 across containers: each test builds its own cluster of Docker
 //! containers (see the harness, `mpctl_deploy_tests::Env`), makes a fault
 //! with Docker, and checks the promises: nothing lost that did not die,
 //! no invented exit code, nothing run twice. Each prints its figures.
