@@ -449,13 +449,23 @@ async fn tasks_of_a_lost_node_run_again_on_another() {
         .create()
         .await
         .unwrap();
-    // One worker per node (most free slots wins); both answer.
-    let pids: BTreeSet<u32> = pool
-        .map::<_, u32, _>("worker_pid", 0..20u64, Some(1))
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
+    // One worker per node (most free slots wins). Both must be serving
+    // before node-b goes: a worker that is ready first can answer a whole
+    // map alone, so map again (tasks of 20 ms, never more than a few per
+    // worker at once) until both have answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut pids = BTreeSet::new();
+    while pids.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {pids:?} answered within 30 s"
+        );
+        pids.extend(
+            pool.map::<_, u32, _>("worker_pid_after_ms", vec![20u64; 20], Some(1))
+                .await
+                .unwrap(),
+        );
+    }
     assert_eq!(pids.len(), 2);
     let work = pool
         .map_async::<_, i64, _>("slow_echo", (0..6).map(|i| (300u64, i as i64)), Some(1))

@@ -372,6 +372,10 @@ fn main() {
         .function("square", |x: i64| x * x)
         .function("mul", |(a, b): (i64, i64)| a * b)
         .function("worker_pid", |_: u64| std::process::id())
+        .function("worker_pid_after_ms", |ms: u64| {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+            std::process::id()
+        })
         .function("pool_init", pool_init)
         .function("init_count", |(): ()| INITIALIZED.load(Ordering::SeqCst))
         .function("kill_self", |_: u64| -> u32 {
