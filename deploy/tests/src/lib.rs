@@ -447,6 +447,25 @@ impl Env {
         }
     }
 
+    /// Waits until a container's health listener says NOT_SERVING; returns
+    /// how long that took and the reason it gave.
+    pub async fn wait_not_serving(
+        &self,
+        container: &str,
+        timeout: Duration,
+    ) -> Result<(Duration, String)> {
+        let began = Instant::now();
+        loop {
+            match self.health(container).await? {
+                (false, reason) => return Ok((began.elapsed(), reason)),
+                _ if began.elapsed() > timeout => {
+                    bail!("{container} still SERVING after {timeout:?}")
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     /// Waits until every named agent is ready, as the coordinator sees it.
     pub async fn wait_agents(
         &self,

@@ -41,57 +41,31 @@ async fn health_port_says_serving_only_when_ready() {
     // The launcher gone: the agent is not ready, and says why.
     env.docker_on(&["stop", "-t", "1"], "launcher-1")
         .expect("stop launcher");
-    let began = Instant::now();
-    let (serving, reason) = loop {
-        let h = env.health("agent-1").await.expect("agent health");
-        if !h.0 || began.elapsed() > Duration::from_secs(20) {
-            break h;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!serving, "agent still SERVING without its launcher");
+    let (after, reason) = env
+        .wait_not_serving("agent-1", Duration::from_secs(20))
+        .await
+        .expect("agent NOT_SERVING without its launcher");
     assert!(reason.contains("launcher"), "reason {reason:?}");
-    println!(
-        "health: launcher stopped -> agent NOT_SERVING after {:?} ({reason})",
-        began.elapsed()
-    );
+    println!("health: launcher stopped -> agent NOT_SERVING after {after:?} ({reason})");
 
     // Launcher back: ready again.
     env.docker_on(&["start"], "launcher-1")
         .expect("start launcher");
-    let began = Instant::now();
-    loop {
-        if env.health("agent-1").await.expect("agent health").0 {
-            break;
-        }
-        assert!(
-            began.elapsed() < Duration::from_secs(30),
-            "agent not SERVING again"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!(
-        "health: launcher restarted -> agent SERVING after {:?}",
-        began.elapsed()
-    );
+    let back = env
+        .wait_serving("agent-1", Duration::from_secs(30))
+        .await
+        .expect("agent SERVING again");
+    println!("health: launcher restarted -> agent SERVING after {back:?}");
 
     // The coordinator gone: the agent is not registered.
     env.docker_on(&["stop", "-t", "1"], "coordinator")
         .expect("stop coordinator");
-    let began = Instant::now();
-    let (serving, reason) = loop {
-        let h = env.health("agent-1").await.expect("agent health");
-        if !h.0 || began.elapsed() > Duration::from_secs(30) {
-            break h;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(!serving, "agent still SERVING without a coordinator");
+    let (after, reason) = env
+        .wait_not_serving("agent-1", Duration::from_secs(30))
+        .await
+        .expect("agent NOT_SERVING without a coordinator");
     assert!(reason.contains("not registered"), "reason {reason:?}");
-    println!(
-        "health: coordinator stopped -> agent NOT_SERVING after {:?} ({reason})",
-        began.elapsed()
-    );
+    println!("health: coordinator stopped -> agent NOT_SERVING after {after:?} ({reason})");
     let down = env.health("coordinator").await;
     assert!(
         down.is_err() || !down.as_ref().unwrap().0,
