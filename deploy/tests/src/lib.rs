@@ -42,53 +42,30 @@ fn pid_label() -> String {
 pub fn sweep_stale() {
     let dead =
         |pid: &str| !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists();
-    let listed = |args: &[&str]| -> Vec<(String, String)> {
-        docker(args)
+    // The labelled resources of one kind whose test process is gone, by
+    // the field that names them.
+    let stale = |list: &[&str], key: &str| -> Vec<String> {
+        let format = format!("{{{{.{key}}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
+        let mut args = list.to_vec();
+        args.extend(["--filter", "label=mpctl-test=1", "--format", &format]);
+        docker(&args)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| l.split_once(' '))
-            .map(|(a, b)| (a.to_owned(), b.trim().to_owned()))
+            .filter(|(_, pid)| dead(pid.trim()))
+            .map(|(name, _)| name.to_owned())
             .collect()
     };
-    let format = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
-    for (id, pid) in listed(&[
-        "ps",
-        "-a",
-        "--filter",
-        "label=mpctl-test=1",
-        "--format",
-        &format,
-    ]) {
-        if dead(&pid) {
-            let _ = docker(&["unpause", &id]);
-            let _ = docker(&["rm", "-f", "-v", &id]);
-        }
+    // Containers first: a volume or network in use cannot be removed.
+    for id in stale(&["ps", "-a"], "ID") {
+        let _ = docker(&["unpause", &id]);
+        let _ = docker(&["rm", "-f", "-v", &id]);
     }
-    let format = format!("{{{{.Name}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
-    for (name, pid) in listed(&[
-        "volume",
-        "ls",
-        "--filter",
-        "label=mpctl-test=1",
-        "--format",
-        &format,
-    ]) {
-        if dead(&pid) {
-            let _ = docker(&["volume", "rm", "-f", &name]);
-        }
+    for name in stale(&["volume", "ls"], "Name") {
+        let _ = docker(&["volume", "rm", "-f", &name]);
     }
-    let format = format!("{{{{.ID}}}} {{{{.Label \"{PID_LABEL}\"}}}}");
-    for (id, pid) in listed(&[
-        "network",
-        "ls",
-        "--filter",
-        "label=mpctl-test=1",
-        "--format",
-        &format,
-    ]) {
-        if dead(&pid) {
-            let _ = docker(&["network", "rm", &id]);
-        }
+    for id in stale(&["network", "ls"], "ID") {
+        let _ = docker(&["network", "rm", &id]);
     }
 }
 
