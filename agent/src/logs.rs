@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use mpctl_proto::v1::{agent_message::Msg, LogData, LogStream};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::output_watch::{OutputWatcher, Subscription};
 use crate::state::NodeState;
@@ -36,6 +36,8 @@ struct Source {
     stream: LogStream,
     path: PathBuf,
     file: Option<tokio::fs::File>,
+    /// Where to start reading once the file exists.
+    offset: u64,
 }
 
 impl Source {
@@ -43,7 +45,12 @@ impl Source {
     async fn drain(&mut self, state: &NodeState, request_id: u64) -> std::io::Result<()> {
         if self.file.is_none() {
             match tokio::fs::File::open(&self.path).await {
-                Ok(f) => self.file = Some(f),
+                Ok(mut f) => {
+                    // Past the end (a reader that counted more than there
+                    // is) reads nothing until the file grows there.
+                    f.seek(std::io::SeekFrom::Start(self.offset)).await?;
+                    self.file = Some(f);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
                 Err(e) => return Err(e),
             }
@@ -66,17 +73,26 @@ impl Source {
     }
 }
 
-/// Streams the output of `id` as `LogData` for `request_id` until done.
+/// What a coordinator asked to read: which output of which process, from
+/// which byte of each file, and whether to follow it.
+pub struct Request {
+    pub id: String,
+    pub request_id: u64,
+    pub which: LogStream,
+    pub follow: bool,
+    pub stdout_offset: u64,
+    pub stderr_offset: u64,
+}
+
+/// Streams the output asked for as `LogData` for its `request_id` until done.
 pub async fn serve(
     state: Arc<NodeState>,
     watcher: Arc<OutputWatcher>,
     procs_dir: PathBuf,
-    id: String,
-    request_id: u64,
-    which: LogStream,
-    follow: bool,
+    r: Request,
 ) {
-    let result = serve_inner(&state, &watcher, &procs_dir, &id, request_id, which, follow).await;
+    let (id, request_id, which) = (r.id.clone(), r.request_id, r.which);
+    let result = serve_inner(&state, &watcher, &procs_dir, &r).await;
     state.send(Msg::LogData(LogData {
         request_id,
         stream: which as i32,
@@ -93,22 +109,24 @@ async fn serve_inner(
     state: &NodeState,
     watcher: &Arc<OutputWatcher>,
     procs_dir: &Path,
-    id: &str,
-    request_id: u64,
-    which: LogStream,
-    follow: bool,
+    r: &Request,
 ) -> std::io::Result<()> {
+    let (id, request_id, which, follow) = (r.id.as_str(), r.request_id, r.which, r.follow);
     let (stdout, stderr) = output_paths(procs_dir, id);
     let both = matches!(which, LogStream::Both | LogStream::Unspecified);
-    let mut sources: Vec<Source> = [(LogStream::Stdout, stdout), (LogStream::Stderr, stderr)]
-        .into_iter()
-        .filter(|(stream, _)| both || *stream == which)
-        .map(|(stream, path)| Source {
-            stream,
-            path,
-            file: None,
-        })
-        .collect();
+    let mut sources: Vec<Source> = [
+        (LogStream::Stdout, stdout, r.stdout_offset),
+        (LogStream::Stderr, stderr, r.stderr_offset),
+    ]
+    .into_iter()
+    .filter(|(stream, _, _)| both || *stream == which)
+    .map(|(stream, path, offset)| Source {
+        stream,
+        path,
+        file: None,
+        offset,
+    })
+    .collect();
     if !follow {
         for s in &mut sources {
             s.drain(state, request_id).await?;

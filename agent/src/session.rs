@@ -197,14 +197,19 @@ async fn serve(
             }
             Some(FromCoordinator::ReadLogs(r)) => {
                 let which = LogStream::try_from(r.stream).unwrap_or(LogStream::Both);
+                let request = logs::Request {
+                    id: r.process_id,
+                    request_id: r.request_id,
+                    which,
+                    follow: r.follow,
+                    stdout_offset: r.stdout_offset,
+                    stderr_offset: r.stderr_offset,
+                };
                 let task = tokio::spawn(logs::serve(
                     Arc::clone(&ctx.state),
                     Arc::clone(&ctx.watcher),
                     ctx.procs_dir.clone(),
-                    r.process_id,
-                    r.request_id,
-                    which,
-                    r.follow,
+                    request,
                 ));
                 tasks.readers.retain(|_, h| !h.is_finished());
                 tasks.readers.insert(r.request_id, task.abort_handle());

@@ -17,7 +17,7 @@ use mpctl_proto::v1::{
 use mpctl_transport::{require_role, Role};
 use tonic::{Request, Response, Status};
 
-use crate::core::logs::LogReader;
+use crate::core::logs::{LogReader, Offsets};
 use crate::core::{Core, CoreError};
 use crate::{validate, wire};
 
@@ -138,7 +138,13 @@ impl ProcessManager for ProcessService {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
         let stream = LogStream::try_from(r.stream).unwrap_or(LogStream::Both);
-        let rx = self.core.open_logs(&r.id, wire::output(stream), r.follow)?;
+        let from = Offsets {
+            stdout: r.stdout_offset,
+            stderr: r.stderr_offset,
+        };
+        let rx = self
+            .core
+            .open_logs(&r.id, wire::output(stream), r.follow, from)?;
         Ok(Response::new(LogsStream {
             rx,
             core: Arc::clone(&self.core),

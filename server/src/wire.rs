@@ -305,11 +305,14 @@ pub fn to_node(m: ToNode) -> CoordinatorMessage {
             process_id,
             stream,
             follow,
+            from,
         } => ToAgent::ReadLogs(pb::ReadLogs {
             request_id,
             process_id,
             stream: log_stream(stream) as i32,
             follow,
+            stdout_offset: from.stdout,
+            stderr_offset: from.stderr,
         }),
         ToNode::CancelLogs(request_id) => ToAgent::CancelLogs(pb::CancelLogs { request_id }),
     };

@@ -181,7 +181,7 @@ where
 /// error" tonic makes locally when a connection breaks under a call (it
 /// carries the transport error as its source; a status from the wire has
 /// none).
-fn connection_lost(s: &tonic::Status) -> bool {
+pub(crate) fn connection_lost(s: &tonic::Status) -> bool {
     match s.code() {
         tonic::Code::Unavailable => true,
         tonic::Code::Unknown => std::error::Error::source(s).is_some(),

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::error::{Error, Result};
-use crate::logs::Logs;
+use crate::logs::{LogOffsets, Logs};
 use crate::status::{LogStream, ProcessInfo, ProcessState, StartMethod};
 use crate::wire;
 
@@ -511,19 +511,26 @@ impl Process {
 
     /// Output of the process; with `follow`, until it stops and is drained.
     pub async fn logs(&self, stream: LogStream, follow: bool) -> Result<Logs> {
+        self.logs_from(stream, follow, LogOffsets::default()).await
+    }
+
+    /// As [`Process::logs`], starting `from` bytes into each file (what an
+    /// earlier reader's [`Logs::offsets`] said it had received).
+    pub async fn logs_from(
+        &self,
+        stream: LogStream,
+        follow: bool,
+        from: LogOffsets,
+    ) -> Result<Logs> {
         let id = self.started("read the output of")?.id.clone();
-        let inner = self
-            .cluster
-            .api()
-            .logs(LogsRequest {
-                id: id.clone(),
-                stream: proto::LogStream::from(stream) as i32,
-                follow,
-            })
-            .await
-            .map_err(|s| Error::rpc("logs", &id, s))?
-            .into_inner();
-        Ok(Logs::new(id, inner))
+        let request = LogsRequest {
+            id,
+            stream: proto::LogStream::from(stream) as i32,
+            follow,
+            stdout_offset: from.stdout,
+            stderr_offset: from.stderr,
+        };
+        Logs::open(self.cluster.api(), request).await
     }
 }
 

@@ -4,7 +4,7 @@
 //! [`Effects`]; [`super::outbox::Outbox`] is the one place that carries
 //! them out, so every transition is tested by looking at what it returned.
 
-use super::logs::Output;
+use super::logs::{Offsets, Output};
 use super::model::{Agent, Proc};
 
 /// One row to upsert.
@@ -34,6 +34,7 @@ pub enum ToNode {
         process_id: String,
         stream: Output,
         follow: bool,
+        from: Offsets,
     },
     /// Stop that reader.
     CancelLogs(u64),

@@ -32,6 +32,15 @@ pub enum Output {
     Both,
 }
 
+/// Where a reader starts in each output file, in bytes: 0 for the
+/// beginning; a reader resuming after a dropped connection gives what it
+/// has already received.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    pub stdout: u64,
+    pub stderr: u64,
+}
+
 /// A piece of output.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chunk {

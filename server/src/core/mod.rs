@@ -47,7 +47,7 @@ use tokio::time::Instant;
 
 use effects::{Effects, ToNode};
 pub use error::CoreError;
-use logs::{Chunk, Delivery, LogReader, LogRoutes, Output};
+use logs::{Chunk, Delivery, LogReader, LogRoutes, Offsets, Output};
 use model::{Agent, ExitReport, Method, Proc, ProcState, Registration, SignalAnswer, StartSpec};
 use outbox::Outbox;
 use procs::SignalPlan;

@@ -11,6 +11,7 @@ impl Core {
         id: &str,
         which: Output,
         follow: bool,
+        from: Offsets,
     ) -> Result<Option<LogReader>, CoreError> {
         let node = {
             let st = self.lock();
@@ -37,6 +38,7 @@ impl Core {
             process_id: id.to_owned(),
             stream: which,
             follow,
+            from,
         };
         if !self.outbox.send_now(&node, read) {
             self.logs.remove(request_id);
