@@ -1,7 +1,9 @@
 //! Which cluster a client talks to.
 //!
-//! In order: flags, then `MPCTL_ADDR` / `MPCTL_AUTHKEY_FILE` / `MPCTL_PLAINTEXT`,
-//! then the config file written by `mpctl dev` (`MPCTL_CONFIG`, else
+//! In order: flags, then a context named by `--context` / `MPCTL_CONTEXT`
+//! (see [`crate::contexts`]), then `MPCTL_ADDR` / `MPCTL_AUTHKEY_FILE` /
+//! `MPCTL_PLAINTEXT`, then the current context (`mpctl context use`), then
+//! the config file written by `mpctl dev` (`MPCTL_CONFIG`, else
 //! `$XDG_CONFIG_HOME/mpctl/config.json`, else `~/.config/mpctl/config.json`),
 //! and with nothing configured an embedded coordinator and agent whose state
 //! lives in `MPCTL_DATA_DIR`, else `$XDG_DATA_HOME/mpctl/embedded`, else
@@ -12,11 +14,14 @@ use std::path::{Path, PathBuf};
 use mpctl_transport::Security;
 use serde::{Deserialize, Serialize};
 
+use crate::contexts::{Context, Contexts};
 use crate::error::{Error, Result};
 
 /// What flags may override.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
+    /// A context by name (`--context`).
+    pub context: Option<String>,
     pub addr: Option<String>,
     pub authkey_file: Option<PathBuf>,
     pub plaintext: bool,
@@ -99,6 +104,18 @@ pub fn read_config_file(path: &Path) -> Result<Option<ConfigFile>> {
 impl ClusterConfig {
     pub fn resolve(o: &Overrides) -> Result<ClusterConfig> {
         let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        if let Some(c) = Self::context(o, &env)? {
+            // Flags still override a context's fields, as kubectl's do.
+            return Ok(ClusterConfig::Remote {
+                addr: o.addr.clone().unwrap_or(c.addr),
+                authkey_file: o.authkey_file.clone().unwrap_or(c.authkey_file),
+                security: if o.plaintext || c.plaintext {
+                    Security::PlaintextLoopback
+                } else {
+                    Security::Tls
+                },
+            });
+        }
         let addr = o.addr.clone().or_else(|| env("MPCTL_ADDR"));
         let key = o
             .authkey_file
@@ -151,5 +168,20 @@ impl ClusterConfig {
         Ok(ClusterConfig::Embedded {
             data_dir: embedded_data_dir(),
         })
+    }
+
+    /// The context that applies: the one named by `--context` or
+    /// `MPCTL_CONTEXT`; else, unless an address is given by flag or
+    /// `MPCTL_ADDR`, the current one.
+    fn context(o: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Context>> {
+        let named = o.context.clone().or_else(|| env("MPCTL_CONTEXT"));
+        if named.is_none() && (o.addr.is_some() || env("MPCTL_ADDR").is_some()) {
+            return Ok(None);
+        }
+        let contexts = Contexts::load()?;
+        match named {
+            Some(name) => contexts.get(&name).map(|c| Some(c.clone())),
+            None => Ok(contexts.current_context()?.cloned()),
+        }
     }
 }

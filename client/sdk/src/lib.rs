@@ -32,6 +32,7 @@
 
 pub mod cluster;
 pub mod config;
+pub mod contexts;
 pub mod error;
 pub mod logs;
 pub mod pool;
@@ -44,7 +45,7 @@ pub use mpctl_runtime as runtime;
 pub use cluster::Cluster;
 pub use config::{ClusterConfig, Overrides};
 pub use error::{Error, Result};
-pub use logs::Logs;
+pub use logs::{LogOffsets, Logs};
 /// The raw protobuf contract, for calls the SDK does not wrap
 /// ([`Cluster::api`]); the SDK's own API never hands these out.
 pub use mpctl_proto::v1 as proto;
