@@ -110,7 +110,7 @@ fn submit_ps_terminate_join_wait_logs() {
     assert_eq!(v[0]["name"], "sleeper");
     assert_eq!(v[0]["argv"], serde_json::json!(["sleep", "30"]));
     let o = tc.cli(&["inspect", "ffffffffffffffff"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
     assert!(stderr(&o).contains("ffffffffffffffff"));
 
     // wait: exactly the one that stopped.
@@ -138,7 +138,7 @@ fn submit_ps_terminate_join_wait_logs() {
     assert_eq!(stdout(&o), "done\n");
 
     let o = tc.cli(&["kill", "ffffffffffffffff"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(125));
 }
 
 /// `mpctl submit -- sh -c SCRIPT`, then `mpctl logs -f` of it, stdout piped.

@@ -214,7 +214,7 @@ async fn selectors_pick_the_node_and_an_impossible_one_is_refused() {
     assert!(all.iter().all(|p| p.state == ProcessState::Stopped));
 
     let out = tc.cli(&["run", "--node", "nosuch", "--", "true"]);
-    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(out.status.code(), Some(126));
     assert!(out.stdout.is_empty());
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),

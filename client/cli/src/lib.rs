@@ -3,10 +3,11 @@
 //! starts: `mpctl dev`, `server`, `agent`, and the node `launcher`.
 //!
 //! Command-line parsing and dispatch live here; each group of commands has
-//! its module: [`run`] (run, submit), [`query`] (ps, inspect, join, wait,
-//! terminate, kill, logs, agents), [`map`] (command pools), [`daemons`]
-//! (dev, server, agent, keygen, launcher,
-//! health), with [`output`] for tables and
+//! its module: [`run`] (run, submit), [`attach`], [`follow`] (what run and
+//! attach share: output to the end, the exit status), [`query`] (ps,
+//! inspect, join, wait, terminate, kill, logs, agents), [`map`] (command
+//! pools, with [`joblog`]), [`context`] (named clusters), [`daemons`] (dev,
+//! server, agent, keygen, launcher, health), with [`output`] for tables and
 //! JSON. This crate alone holds clap, indicatif, anyhow and
 //! tracing-subscriber; the embedded cluster (`mpctl-embedded`) and the
 //! daemons (`mpctl-server`, `mpctl-agent`) are linked here and, for the
@@ -14,7 +15,11 @@
 
 #![forbid(unsafe_code)]
 
+mod attach;
+mod context;
 mod daemons;
+mod follow;
+mod joblog;
 pub mod map;
 mod output;
 mod query;
@@ -25,13 +30,31 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mpctl::{Cluster, ClusterConfig, Overrides};
 
-/// Exit status for mpctl's own failures (bad flags, unreachable cluster),
-/// kept apart from the exit codes of processes, as `docker run` does.
+// The exit statuses (README, "Exit statuses"): 0 and a process's own code
+// (run, attach, join), 128+N for its signal N, and these for mpctl's own
+// outcomes, the same for every command.
+
+/// mpctl itself could not do what was asked: bad flags, an unreachable or
+/// unauthenticated cluster, an unknown id, a signal not delivered, a lost
+/// process. Kept apart from processes' codes, as `docker run` does.
 pub const EXIT_MPCTL: i32 = 125;
-/// Exit status of `run` when the command could not be executed.
+/// The process could not be started for another reason than a missing
+/// program (permission denied, no such working directory, no slot can fit).
+pub const EXIT_CANNOT_INVOKE: i32 = 126;
+/// The process could not be started: its program was not found.
 pub const EXIT_START_ERROR: i32 = 127;
-/// Exit status of `join` / `wait` when the timeout passed.
+/// `join` / `wait`: the timeout passed first.
 pub const EXIT_TIMEOUT: i32 = 124;
+
+/// 127 when a start error says the program does not exist (the node's
+/// `No such file or directory (os error 2)`), 126 for any other.
+pub fn start_error_status(message: &str) -> i32 {
+    if message.ends_with("(os error 2)") {
+        EXIT_START_ERROR
+    } else {
+        EXIT_CANNOT_INVOKE
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -49,6 +72,9 @@ pub struct Cli {
 
 #[derive(Args, Clone)]
 pub struct Global {
+    /// Use this named cluster (`mpctl context list`) [env: MPCTL_CONTEXT]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
     /// Coordinator address HOST:PORT [env: MPCTL_ADDR]
     #[arg(long, global = true)]
     pub addr: Option<String>,
@@ -87,10 +113,17 @@ pub enum Command {
     Kill(query::SignalArgs),
     /// Print the output of a process
     Logs(query::LogsArgs),
+    /// Stream a process's output from the start, then exit with its exit status, as `run` would have
+    Attach(attach::AttachArgs),
     /// Run one command per input line on a pool of workers (a command pool)
     Map(map::MapArgs),
     /// List the cluster's agents
     Agents(query::FormatArgs),
+    /// Named clusters: add, use, unset, list, remove
+    #[command(subcommand)]
+    Context(context::ContextCommand),
+    /// Print a shell completion script: `mpctl completions bash > /etc/bash_completion.d/mpctl`
+    Completions(CompletionsArgs),
     /// Run a coordinator and an agent in the foreground for this machine
     Dev(daemons::DevArgs),
     /// Run a coordinator
@@ -106,9 +139,15 @@ pub enum Command {
     Launcher(daemons::LauncherArgs),
 }
 
+#[derive(Args)]
+pub struct CompletionsArgs {
+    shell: clap_complete::Shell,
+}
+
 impl Global {
     pub fn overrides(&self) -> Overrides {
         Overrides {
+            context: self.context.clone(),
             addr: self.addr.clone(),
             authkey_file: self.authkey_file.clone(),
             plaintext: self.plaintext,
@@ -133,7 +172,15 @@ fn init_tracing(default: &str) {
 
 /// Parses, runs, and returns the process exit status.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and --version print and succeed; a usage error is
+            // mpctl's own failure (125), never a process's exit code 2.
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_MPCTL } else { 0 };
+        }
+    };
     if let Command::Launcher(args) = &cli.command {
         // Single-threaded by design: no runtime, no other threads.
         return daemons::launcher(args);
@@ -176,6 +223,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
         Command::Terminate(a) => query::signal(&g, a, false).await,
         Command::Kill(a) => query::signal(&g, a, true).await,
         Command::Logs(a) => query::logs(&g, a).await,
+        Command::Attach(a) => attach::attach(&g, a).await,
+        Command::Context(c) => context::context(&g, c),
+        Command::Completions(a) => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(a.shell, &mut cmd, "mpctl", &mut std::io::stdout());
+            Ok(0)
+        }
         Command::Map(a) => map::map(&g, a).await,
         Command::Agents(a) => query::agents(&g, a).await,
         Command::Dev(a) => daemons::dev(&g, a).await,

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::output::{
     age, agent_json, command_text, exitcode_text, print_json, process_json, table,
 };
-use super::{exit_status, Format, Global, EXIT_MPCTL, EXIT_START_ERROR, EXIT_TIMEOUT};
+use super::{exit_status, start_error_status, Format, Global, EXIT_MPCTL, EXIT_TIMEOUT};
 
 #[derive(Args)]
 pub struct FormatArgs {
@@ -168,14 +168,14 @@ pub async fn inspect(g: &Global, a: IdsArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    Ok(if missing > 0 { 1 } else { 0 })
+    Ok(if missing > 0 { EXIT_MPCTL } else { 0 })
 }
 
 /// The exit status that reports a settled process the way `run` does.
 fn settled_status(p: &ProcessInfo) -> i32 {
     match p.state {
         ProcessState::Stopped => exit_status(p.exitcode.unwrap_or(0)),
-        ProcessState::Failed => EXIT_START_ERROR,
+        ProcessState::Failed => start_error_status(p.start_error.as_deref().unwrap_or_default()),
         _ => EXIT_MPCTL,
     }
 }
@@ -275,7 +275,7 @@ pub async fn signal(g: &Global, a: SignalArgs, kill: bool) -> anyhow::Result<i32
         }
     }
     cluster.close().await;
-    Ok(if failures > 0 { 1 } else { 0 })
+    Ok(if failures > 0 { EXIT_MPCTL } else { 0 })
 }
 
 pub async fn logs(g: &Global, a: LogsArgs) -> anyhow::Result<i32> {

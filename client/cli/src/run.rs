@@ -1,13 +1,11 @@
 //! `mpctl run` and `mpctl submit`.
 
-use std::io::Write;
-
 use anyhow::Context;
-use clap::Args;
-use mpctl::{Error, LogStream, Process, ProcessState};
+use clap::{Args, ValueEnum};
+use mpctl::{Error, LogOffsets, Process, ProcessState, StartMethod};
 
 use super::output::{print_json, process_json};
-use super::{exit_status, Format, Global, EXIT_MPCTL, EXIT_START_ERROR};
+use super::{follow, start_error_status, Format, Global};
 
 #[derive(Args)]
 pub struct RunArgs {
@@ -38,12 +36,41 @@ pub struct RunArgs {
     /// Idempotency key: a start retried with the same key never runs twice
     #[arg(long)]
     request_id: Option<String>,
+    /// How the node starts it (CPython's start methods); fork needs the
+    /// parent on the node, so from here it is spawn or forkserver
+    #[arg(long, value_enum, default_value_t = Method::Spawn)]
+    start_method: Method,
+    /// `run` only: start it, print its id and return (as `submit` does)
+    #[arg(short = 'd', long)]
+    detach: bool,
     /// Output format of the final process record
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     output: Format,
     /// The command and its arguments
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
+}
+
+/// `--start-method` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Method {
+    Spawn,
+    Forkserver,
+    Fork,
+}
+
+impl Method {
+    /// The SDK's method; fork is refused here, before anything is sent: a
+    /// forked child is a copy of its parent, which is not on a node.
+    pub fn checked(self) -> anyhow::Result<StartMethod> {
+        match self {
+            Method::Spawn => Ok(StartMethod::Spawn),
+            Method::Forkserver => Ok(StartMethod::Forkserver),
+            Method::Fork => anyhow::bail!(
+                "--start-method fork: a forked child is a copy of its parent, and this mpctl is not a process on a node; use --start-method spawn or forkserver"
+            ),
+        }
+    }
 }
 
 /// `512M`, `2G`, `1048576`: bytes with an optional K/M/G suffix (powers of 1024).
@@ -70,7 +97,8 @@ pub(super) fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)>
 }
 
 fn build(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<Process> {
-    let mut p = Process::new(cluster, a.command.iter().cloned());
+    let mut p =
+        Process::new(cluster, a.command.iter().cloned()).start_method(a.start_method.checked()?);
     if let Some(n) = &a.name {
         p = p.with_name(n);
     }
@@ -117,13 +145,14 @@ async fn start(p: &mut Process) -> anyhow::Result<Option<i32>> {
         Ok(()) => Ok(None),
         Err(Error::Start { message }) => {
             eprintln!("mpctl: start error: {message}");
-            Ok(Some(EXIT_START_ERROR))
+            Ok(Some(start_error_status(&message)))
         }
         Err(e) => Err(e.into()),
     }
 }
 
 pub async fn submit(g: &Global, a: RunArgs) -> anyhow::Result<i32> {
+    a.start_method.checked()?;
     let cluster = g.cluster().await?;
     let mut p = build(&cluster, &a)?;
     let result = start(&mut p).await;
@@ -139,6 +168,10 @@ pub async fn submit(g: &Global, a: RunArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn run(g: &Global, a: RunArgs) -> anyhow::Result<i32> {
+    if a.detach {
+        return submit(g, a).await;
+    }
+    a.start_method.checked()?;
     let cluster = g.cluster().await?;
     let result = run_on(&cluster, &a).await;
     cluster.close().await;
@@ -156,68 +189,5 @@ async fn run_on(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<i32> {
             p.id().unwrap_or_default()
         );
     }
-    let mut logs = p.logs(LogStream::Both, true).await?;
-    let mut interrupts = 0;
-    let mut ctrl_c = Box::pin(tokio::signal::ctrl_c());
-    loop {
-        tokio::select! {
-            chunk = logs.message() => match chunk {
-                Ok(Some(c)) => {
-                    let ok = if c.stream == LogStream::Stderr {
-                        std::io::stderr().write_all(&c.data).is_ok()
-                    } else {
-                        let mut out = std::io::stdout();
-                        out.write_all(&c.data).and_then(|_| out.flush()).is_ok()
-                    };
-                    if !ok {
-                        break; // our stdout is gone (e.g. `| head`); keep the exit code
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    let reason = match e {
-                        Error::Rpc { message, .. } => message,
-                        other => other.to_string(),
-                    };
-                    eprintln!("mpctl: output stream interrupted: {reason}");
-                    break;
-                }
-            },
-            _ = &mut ctrl_c => {
-                interrupts += 1;
-                let id = p.id().unwrap_or_default().to_owned();
-                if interrupts == 1 {
-                    eprintln!("mpctl: sending SIGTERM to {id} (Ctrl-C again to kill)");
-                    p.terminate().await?;
-                } else {
-                    eprintln!("mpctl: sending SIGKILL to {id}");
-                    p.kill().await?;
-                }
-                ctrl_c = Box::pin(tokio::signal::ctrl_c());
-            }
-        }
-    }
-    p.join(None).await?;
-    let info = p.info().expect("started").clone();
-    if a.output == Format::Json {
-        print_json(&process_json(&info));
-    }
-    Ok(match (p.state(), p.exitcode()) {
-        (_, Some(code)) => exit_status(code),
-        (Some(ProcessState::Lost), _) => {
-            eprintln!(
-                "mpctl: {} is lost: its node {} stopped answering; its exit code will be known if the node comes back",
-                info.id, info.node
-            );
-            EXIT_MPCTL
-        }
-        (Some(ProcessState::Failed), _) => {
-            eprintln!(
-                "mpctl: start error: {}",
-                info.start_error.as_deref().unwrap_or_default()
-            );
-            EXIT_START_ERROR
-        }
-        _ => EXIT_MPCTL,
-    })
+    follow::to_the_end(&mut p, LogOffsets::default(), a.output).await
 }
