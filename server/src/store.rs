@@ -159,6 +159,9 @@ pub struct Loaded {
 pub struct Store {
     tx: std_mpsc::Sender<Msg>,
     failing: Arc<Mutex<Option<WriteFailure>>>,
+    /// Test seam: every commit fails as on a full disk while set.
+    #[cfg_attr(not(test), allow(dead_code))]
+    inject_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A submitted batch; await it to know it is durable.
@@ -226,7 +229,9 @@ impl Store {
         let loaded = load(&conn, path)?;
         let (tx, rx) = std_mpsc::channel::<Msg>();
         let failing = Arc::new(Mutex::new(None));
+        let inject_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = Writer {
+            inject_full: Arc::clone(&inject_full),
             conn,
             rx,
             path: path.to_owned(),
@@ -242,7 +247,14 @@ impl Store {
                 path: path.to_owned(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
-        Ok((Store { tx, failing }, loaded))
+        Ok((
+            Store {
+                tx,
+                failing,
+                inject_full,
+            },
+            loaded,
+        ))
     }
 
     /// Tells the writer whom to report commits and failures to.
@@ -279,6 +291,13 @@ impl Store {
     /// Asks for a commit of what is queued now.
     pub fn flush(&self) {
         let _ = self.tx.send(Msg::Flush);
+    }
+
+    /// Makes every commit fail as on a full disk (`SQLITE_FULL`), or not.
+    #[cfg(test)]
+    pub fn inject_disk_full(&self, on: bool) {
+        self.inject_full
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Why commits fail, while they do (for readiness).
@@ -361,6 +380,7 @@ struct Writer {
     failing: Arc<Mutex<Option<WriteFailure>>>,
     /// The highest batch number seen.
     last_seq: u64,
+    inject_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -441,7 +461,15 @@ impl Writer {
             self.last_seq = self.last_seq.max(last.seq);
         }
         let probe = jobs.is_empty() && self.repair.is_empty();
-        match commit(&mut self.conn, &self.repair, &jobs, probe) {
+        let result = if self.inject_full.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some("injected by a test".into()),
+            ))
+        } else {
+            commit(&mut self.conn, &self.repair, &jobs, probe)
+        };
+        match result {
             Ok(()) => {
                 self.repair.clear();
                 let was_failing = self
