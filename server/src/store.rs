@@ -551,10 +551,9 @@ fn cause(e: &rusqlite::Error, path: &Path) -> String {
     use rusqlite::ErrorCode;
     let dir = path.parent().unwrap_or(Path::new("/"));
     let fs = nix::sys::statvfs::statvfs(dir).ok();
-    let read_only = fs.as_ref().is_some_and(|s| {
-        s.flags()
-            .contains(nix::sys::statvfs::FsFlags::ST_RDONLY)
-    });
+    let read_only = fs
+        .as_ref()
+        .is_some_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
     let full = fs.as_ref().is_some_and(|s| s.blocks_available() == 0);
     let reason = match e.sqlite_error_code() {
         Some(ErrorCode::DiskFull) => "no space left on device (ENOSPC)",
@@ -656,10 +655,13 @@ mod tests {
         let path = dir.path().join("state.db");
         let (store, _) = Store::open(&path).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let pending = store.submit(1, Batch {
-            ops: vec![Op::NextNumber(5)],
-            after_commit: vec![(tx, ack("p1"))],
-        });
+        let pending = store.submit(
+            1,
+            Batch {
+                ops: vec![Op::NextNumber(5)],
+                after_commit: vec![(tx, ack("p1"))],
+            },
+        );
         pending.committed().await.unwrap();
         let sent = rx.try_recv().expect("the ack is sent once committed");
         assert_eq!(sent, ack("p1"));
@@ -672,15 +674,21 @@ mod tests {
     async fn a_waiting_batch_commits_the_queued_ones_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("state.db")).unwrap();
-        let mut queued = store.submit(1, Batch {
-            ops: vec![Op::NextNumber(7)],
-            after_commit: Vec::new(),
-        });
-        store
-            .submit(2, Batch {
-                ops: vec![Op::NextNumber(8)],
+        let mut queued = store.submit(
+            1,
+            Batch {
+                ops: vec![Op::NextNumber(7)],
                 after_commit: Vec::new(),
-            })
+            },
+        );
+        store
+            .submit(
+                2,
+                Batch {
+                    ops: vec![Op::NextNumber(8)],
+                    after_commit: Vec::new(),
+                },
+            )
             .durable()
             .await
             .unwrap();

@@ -32,7 +32,13 @@ impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Result<Tmpfs, String> {
         std::fs::create_dir_all(at).map_err(|e| format!("mkdir {}: {e}", at.display()))?;
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
             .arg(at)
             .output()
             .map_err(|e| format!("cannot run mount: {e}"))?;

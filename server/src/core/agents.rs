@@ -44,7 +44,15 @@ pub fn register(
         running: HashSet::new(),
     });
     fx.put_agent(agent);
-    reconcile(t, &name, generation, reg.running, reg.exited, now_ms, &mut fx);
+    reconcile(
+        t,
+        &name,
+        generation,
+        reg.running,
+        reg.exited,
+        now_ms,
+        &mut fx,
+    );
     fx
 }
 

@@ -112,7 +112,8 @@ impl Table {
                             // Liveness is not part of the change: keep the latest.
                             if let Some(now) = self.agents.get(&name) {
                                 a.last_seen = a.last_seen.max(now.last_seen);
-                                a.last_seen_unix_ms = a.last_seen_unix_ms.max(now.last_seen_unix_ms);
+                                a.last_seen_unix_ms =
+                                    a.last_seen_unix_ms.max(now.last_seen_unix_ms);
                             }
                             self.agents.insert(name, a);
                         }

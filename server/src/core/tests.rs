@@ -615,19 +615,32 @@ async fn a_failed_commit_rolls_back_acknowledges_nothing_and_recovers_without_a_
     assert_eq!(crate::wire::status(err).code(), tonic::Code::Unavailable);
     let p = core.get(&first).unwrap();
     assert_eq!((p.state, p.exitcode), (ProcState::Started, None));
-    assert_eq!(core.list(true, "").len(), 1, "the refused start left no process");
+    assert_eq!(
+        core.list(true, "").len(),
+        1,
+        "the refused start left no process"
+    );
     assert!(!join.is_finished(), "join answered from memory");
-    assert!(rx.try_recv().is_err(), "nothing was sent: no AckExit, no Launch");
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing was sent: no AckExit, no Launch"
+    );
     assert!(core.store_failing().is_some());
 
     store.inject_disk_full(false);
     // The writer retries on its own; then the node is asked to resend.
     let msg = rx.recv().await.unwrap();
-    assert!(matches!(msg.msg, Some(ToAgent::ResendReports(_))), "{msg:?}");
+    assert!(
+        matches!(msg.msg, Some(ToAgent::ResendReports(_))),
+        "{msg:?}"
+    );
     assert!(core.store_failing().is_none());
     core.resync("n1", g, vec![], vec![exit(&first, 7)]);
     let (p, timed_out) = join.await.unwrap().unwrap();
-    assert_eq!((p.state, p.exitcode, timed_out), (ProcState::Stopped, Some(7), false));
+    assert_eq!(
+        (p.state, p.exitcode, timed_out),
+        (ProcState::Stopped, Some(7), false)
+    );
     let Some(ToAgent::AckExit(a)) = rx.recv().await.unwrap().msg else {
         panic!("expected the AckExit after the commit");
     };
@@ -642,7 +655,10 @@ async fn a_failed_commit_rolls_back_acknowledges_nothing_and_recovers_without_a_
     };
     core.launched("n1", &l.process_id, 101, T0_MS);
     let p = retry.await.unwrap().unwrap();
-    assert_eq!((p.id.as_str(), p.state), (l.process_id.as_str(), ProcState::Started));
+    assert_eq!(
+        (p.id.as_str(), p.state),
+        (l.process_id.as_str(), ProcState::Started)
+    );
     assert_eq!(core.list(true, "").len(), 2);
     assert!(rx.try_recv().is_err(), "launched exactly once");
 }
