@@ -77,7 +77,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let failing = Arc::new(std::sync::Mutex::new(Some("disk full".to_owned())));
         let f = Arc::clone(&failing);
-        let ready = readiness_with(dir.path().to_owned(), Arc::new(move || f.lock().unwrap().clone()));
+        let ready = readiness_with(
+            dir.path().to_owned(),
+            Arc::new(move || f.lock().unwrap().clone()),
+        );
         assert_eq!(ready().await, Err("disk full".to_owned()));
         *failing.lock().unwrap() = None;
         assert_eq!(ready().await, Ok(()));

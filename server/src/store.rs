@@ -68,7 +68,7 @@ impl std::fmt::Display for WriteFailure {
 /// One row change.
 pub enum Op {
     Process(Box<(ProcessInfo, StartRequest)>),
-    Agent(AgentInfo),
+    Agent(Box<AgentInfo>),
     NextNumber(u64),
     /// A process row that must not exist (a rolled-back start).
     DeleteProcess(String),

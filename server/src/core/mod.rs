@@ -329,7 +329,7 @@ impl Sink for Core {
         }
         for name in &agents {
             repair.push(match st.table.agent(name) {
-                Some(a) => Op::Agent(crate::wire::agent_info(a)),
+                Some(a) => Op::Agent(Box::new(crate::wire::agent_info(a))),
                 None => Op::DeleteAgent(name.clone()),
             });
         }

@@ -51,7 +51,7 @@ impl Outbox {
                 Row::Proc(p) => {
                     Op::Process(Box::new((wire::process_info(&p), wire::start_row(&p))))
                 }
-                Row::Agent(a) => Op::Agent(wire::agent_info(&a)),
+                Row::Agent(a) => Op::Agent(Box::new(wire::agent_info(&a))),
                 Row::NextNumber(n) => Op::NextNumber(n),
             });
         }
