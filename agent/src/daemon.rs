@@ -56,6 +56,7 @@ pub async fn run_with_health(
         LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
     let state = Arc::new(NodeState::new());
     report_journal_damage(&hello);
+    state.set_journal_damage(damage_summary(&hello));
     state.adopt(&hello.running, exit_reports(hello.exited));
     let launcher = Launcher::new(client);
     let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state)).map_err(|source| {
@@ -194,6 +195,7 @@ async fn watch_launcher(
                 Ok((client, hello, new_events)) => {
                     launcher.replace(client).await;
                     report_journal_damage(&hello);
+                    state.set_journal_damage(damage_summary(&hello));
                     state.adopt(&hello.running, exit_reports(hello.exited));
                     events = new_events;
                     break;
@@ -257,6 +259,25 @@ fn report_journal_damage(hello: &Hello) {
             "the node's exit journal is damaged: {d}; that exit is not reported (the process gets no exit code from this node) and the process is not launched again; remove the kept file once dealt with"
         );
     }
+}
+
+/// The launcher's damage report as the coordinator gets it (it shows the
+/// node as degraded): how many records, the first one, the kept file.
+fn damage_summary(hello: &Hello) -> Option<mpctl_proto::v1::JournalDamage> {
+    let records: Vec<_> = hello.journal_damage.iter().filter(|d| d.line > 0).collect();
+    let first = records.first()?;
+    let mut suspect_ids: Vec<String> = records
+        .iter()
+        .filter_map(|d| d.suspect_id.clone())
+        .collect();
+    suspect_ids.dedup();
+    Some(mpctl_proto::v1::JournalDamage {
+        count: records.len() as u32,
+        first_offset: first.offset,
+        first: format!("line {}: {}", first.line, first.reason),
+        kept_file: first.preserved.display().to_string(),
+        suspect_ids,
+    })
 }
 
 /// An exit as the coordinator gets it: with the function target's result,

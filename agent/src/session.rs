@@ -55,7 +55,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), AgentError> {
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let (tx, rx) = mpsc::unbounded_channel::<AgentMessage>();
-    let (running, exited) = ctx.state.open_session(tx.clone());
+    let (running, exited, journal_damage) = ctx.state.open_session(tx.clone());
     let register = Register {
         name: cfg.name.clone(),
         slots: cfg.slots,
@@ -64,6 +64,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), AgentError> {
         hostname: crate::config::hostname(),
         running,
         exited,
+        journal_damage,
     };
     let _ = tx.send(AgentMessage {
         msg: Some(Msg::Register(register)),
@@ -222,6 +223,7 @@ async fn serve(
                 ctx.relay
                     .deliver(&s.process_id.clone(), agent_to_worker::Msg::Stop(s));
             }
+            Some(FromCoordinator::ResendReports(_)) => ctx.state.resync(),
             Some(FromCoordinator::CancelLogs(c)) => {
                 if let Some(h) = tasks.readers.remove(&c.request_id) {
                     h.abort();

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
-use mpctl_proto::v1::{agent_message::Msg, AgentMessage, Exited, RunningProcess};
+use mpctl_proto::v1::{
+    agent_message::Msg, AgentMessage, Exited, JournalDamage, Resync, RunningProcess,
+};
 use tokio::sync::{mpsc, watch};
 
 use crate::launcher::{ExitRecord, RunningRecord};
@@ -22,11 +24,25 @@ struct Inner {
     exited_while_launching: HashSet<String>,
     unacked: BTreeMap<String, Exited>,
     session: Option<SessionTx>,
+    /// What the launcher last said about damage in its exit journal.
+    journal_damage: Option<JournalDamage>,
     /// The coordinator answered this session's `Register` (for readiness).
     registered: bool,
 }
 
 impl Inner {
+    fn report(&self) -> (Vec<RunningProcess>, Vec<Exited>) {
+        let running = self
+            .running
+            .iter()
+            .map(|(id, pid)| RunningProcess {
+                process_id: id.clone(),
+                pid: *pid,
+            })
+            .collect();
+        (running, self.unacked.values().cloned().collect())
+    }
+
     /// To the coordinator, if a session is open (otherwise the next
     /// `Register` carries what matters: running processes and unacked exits).
     fn send(&self, msg: Msg) {
@@ -84,20 +100,41 @@ impl NodeState {
     }
 
     /// Installs a new session and returns what `Register` must carry.
-    pub fn open_session(&self, tx: SessionTx) -> (Vec<RunningProcess>, Vec<Exited>) {
+    pub fn open_session(
+        &self,
+        tx: SessionTx,
+    ) -> (Vec<RunningProcess>, Vec<Exited>, Option<JournalDamage>) {
         let mut g = self.lock();
         g.session = Some(tx);
         g.registered = false;
-        let running = g
-            .running
-            .iter()
-            .map(|(id, pid)| RunningProcess {
-                process_id: id.clone(),
-                pid: *pid,
-            })
-            .collect();
-        let exited = g.unacked.values().cloned().collect();
-        (running, exited)
+        let (running, exited) = g.report();
+        (running, exited, g.journal_damage.clone())
+    }
+
+    /// The coordinator rolled back what was reported (its store could not
+    /// commit) and asks again: what it runs and every unacknowledged exit,
+    /// on the current session, under the lock (so an exit is in it or sent
+    /// after it, as with `Register`).
+    pub fn resync(&self) {
+        let g = self.lock();
+        let (running, exited) = g.report();
+        tracing::info!(
+            running = running.len(),
+            unacked = exited.len(),
+            "the coordinator asked for a resend; reporting again"
+        );
+        g.send(Msg::Resync(Resync { running, exited }));
+    }
+
+    /// The launcher's journal damage (`None`: none); sent up at once when
+    /// it changes while a session is open (else with the next `Register`).
+    pub fn set_journal_damage(&self, damage: Option<JournalDamage>) {
+        let mut g = self.lock();
+        if g.journal_damage == damage {
+            return;
+        }
+        g.journal_damage = damage.clone();
+        g.send(Msg::JournalDamage(damage.unwrap_or_default()));
     }
 
     pub fn close_session(&self) {

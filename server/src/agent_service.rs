@@ -107,6 +107,16 @@ fn handle(core: &Arc<Core>, pools: &Pools, agent: &str, generation: u64, msg: Ag
         Some(Msg::Launched(l)) => core.launched(agent, &l.process_id, l.pid, l.at_unix_ms),
         Some(Msg::LaunchFailed(f)) => core.launch_failed(agent, &f.process_id, &f.error),
         Some(Msg::Exited(e)) => core.exited(agent, generation, wire::exit_report(e)),
+        Some(Msg::Resync(r)) => core.resync(
+            agent,
+            generation,
+            r.running
+                .into_iter()
+                .map(|p| (p.process_id, p.pid))
+                .collect(),
+            r.exited.into_iter().map(wire::exit_report).collect(),
+        ),
+        Some(Msg::JournalDamage(d)) => core.journal_damage(agent, wire::journal_damage(Some(d))),
         Some(Msg::LogData(d)) => core.log_data(
             d.request_id,
             Some(Chunk {

@@ -205,6 +205,16 @@ impl Coordinator {
         })
     }
 
+    /// Readiness for the health listener: the store commits, and its
+    /// directory `data_dir` takes a synced write.
+    pub fn readiness(&self, data_dir: PathBuf) -> mpctl_transport::health::ReadyFn {
+        let core = Arc::clone(&self.core);
+        crate::health::readiness_with(
+            data_dir,
+            Arc::new(move || core.store_failing().map(|w| w.to_string())),
+        )
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }

@@ -14,6 +14,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use mpctl_proto::v1::{
@@ -37,15 +38,42 @@ pub enum StoreError {
         id: String,
         reason: String,
     },
+    /// A commit failed: the change was rolled back and nothing that
+    /// depended on it was sent.
+    #[error("{0}")]
+    Write(WriteFailure),
     #[error("state database writer has stopped")]
     WriterGone,
+}
+
+/// Why a commit failed: the OS cause (ENOSPC, a read-only file system, …)
+/// and the database path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteFailure {
+    pub path: PathBuf,
+    pub cause: String,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot write the state database {}: {}; the change was not made (retry once the disk takes writes again)",
+            self.path.display(),
+            self.cause
+        )
+    }
 }
 
 /// One row change.
 pub enum Op {
     Process(Box<(ProcessInfo, StartRequest)>),
-    Agent(AgentInfo),
+    Agent(Box<AgentInfo>),
     NextNumber(u64),
+    /// A process row that must not exist (a rolled-back start).
+    DeleteProcess(String),
+    /// An agent row that must not exist (a rolled-back first registration).
+    DeleteAgent(String),
 }
 
 /// A message to an agent session, sent after the batch is durable.
@@ -81,15 +109,43 @@ impl Batch {
 /// not acknowledged.
 pub const COMMIT_DELAY: Duration = Duration::from_millis(2);
 
+/// While commits fail, how often the writer tries again on its own (with
+/// the repair rows of what was rolled back, or a one-row probe), so the
+/// coordinator notices the disk is back without a client's help.
+pub const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What the writer tells the state it mirrors (the core), on its thread.
+pub trait Sink: Send + Sync {
+    /// Every batch up to `seq` is durable.
+    fn committed(&self, seq: u64);
+    /// The batch `first` and every later one failed: undo them all (newest
+    /// first) and say up to which sequence number that went, with the rows
+    /// that put the disk back to the table as it now is (a failed commit
+    /// may have reached the disk in part).
+    fn failed(&self, first: u64, why: &WriteFailure) -> Rollback;
+    /// A commit succeeded after failures.
+    fn recovered(&self);
+}
+
+/// The answer to [`Sink::failed`].
+#[derive(Default)]
+pub struct Rollback {
+    /// Every batch up to this one was undone.
+    pub through: u64,
+    pub repair: Vec<Op>,
+}
+
 struct Job {
+    seq: u64,
     batch: Batch,
-    done: oneshot::Sender<Result<(), String>>,
+    done: oneshot::Sender<Result<(), WriteFailure>>,
 }
 
 enum Msg {
     Job(Job),
     /// Someone waits: commit what is queued now.
     Flush,
+    Attach(Weak<dyn Sink>),
 }
 
 /// Everything read back at start-up.
@@ -102,11 +158,15 @@ pub struct Loaded {
 #[derive(Clone)]
 pub struct Store {
     tx: std_mpsc::Sender<Msg>,
+    failing: Arc<Mutex<Option<WriteFailure>>>,
+    /// Test seam: every commit fails as on a full disk while set.
+    #[cfg_attr(not(test), allow(dead_code))]
+    inject_full: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A submitted batch; await it to know it is durable.
 pub struct Pending {
-    done: oneshot::Receiver<Result<(), String>>,
+    done: oneshot::Receiver<Result<(), WriteFailure>>,
     /// Where to ask for a commit now; `None` when one is asked for already.
     writer: Option<std_mpsc::Sender<Msg>>,
 }
@@ -125,10 +185,7 @@ impl Pending {
     pub async fn committed(self) -> Result<(), StoreError> {
         match self.done.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => {
-                tracing::error!(%reason, "state write failed");
-                Err(StoreError::WriterGone)
-            }
+            Ok(Err(why)) => Err(StoreError::Write(why)),
             Err(_) => Err(StoreError::WriterGone),
         }
     }
@@ -171,28 +228,53 @@ impl Store {
         conn.execute_batch(SCHEMA).map_err(err)?;
         let loaded = load(&conn, path)?;
         let (tx, rx) = std_mpsc::channel::<Msg>();
-        let thread_path = path.to_owned();
+        let failing = Arc::new(Mutex::new(None));
+        let inject_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = Writer {
+            inject_full: Arc::clone(&inject_full),
+            conn,
+            rx,
+            path: path.to_owned(),
+            sink: None,
+            repair: Vec::new(),
+            failing: Arc::clone(&failing),
+            last_seq: 0,
+        };
         std::thread::Builder::new()
             .name("mpctl-store".into())
-            .spawn(move || writer(conn, rx, thread_path))
+            .spawn(move || writer.run())
             .map_err(|e| StoreError::Sqlite {
                 path: path.to_owned(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
-        Ok((Store { tx }, loaded))
+        Ok((
+            Store {
+                tx,
+                failing,
+                inject_full,
+            },
+            loaded,
+        ))
     }
 
-    /// Queues a batch. Call while holding the table lock so batches keep the
-    /// order of the state changes they record.
-    pub fn submit(&self, batch: Batch) -> Pending {
+    /// Tells the writer whom to report commits and failures to.
+    pub fn attach(&self, sink: Weak<dyn Sink>) {
+        let _ = self.tx.send(Msg::Attach(sink));
+    }
+
+    /// Queues batch number `seq` (numbers rise by one per batch). Call
+    /// while holding the table lock so batches keep the order of the state
+    /// changes they record.
+    pub fn submit(&self, seq: u64, batch: Batch) -> Pending {
         let (done, rx) = oneshot::channel();
         let urgent = batch.carries_work();
-        if batch.is_empty() {
-            let _ = done.send(Ok(()));
-        } else if let Err(std_mpsc::SendError(Msg::Job(job))) =
-            self.tx.send(Msg::Job(Job { batch, done }))
+        if let Err(std_mpsc::SendError(Msg::Job(job))) =
+            self.tx.send(Msg::Job(Job { seq, batch, done }))
         {
-            let _ = job.done.send(Err("writer thread stopped".into()));
+            let _ = job.done.send(Err(WriteFailure {
+                path: PathBuf::new(),
+                cause: "the writer thread stopped".into(),
+            }));
         } else if urgent {
             let _ = self.tx.send(Msg::Flush);
             return Pending {
@@ -205,8 +287,27 @@ impl Store {
             writer: Some(self.tx.clone()),
         }
     }
-}
 
+    /// Asks for a commit of what is queued now.
+    pub fn flush(&self) {
+        let _ = self.tx.send(Msg::Flush);
+    }
+
+    /// Makes every commit fail as on a full disk (`SQLITE_FULL`), or not.
+    #[cfg(test)]
+    pub fn inject_disk_full(&self, on: bool) {
+        self.inject_full
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Why commits fail, while they do (for readiness).
+    pub fn failing(&self) -> Option<WriteFailure> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
 fn load(conn: &Connection, path: &Path) -> Result<Loaded, StoreError> {
     let err = |source| StoreError::Sqlite {
         path: path.to_owned(),
@@ -267,65 +368,213 @@ fn load(conn: &Connection, path: &Path) -> Result<Loaded, StoreError> {
     })
 }
 
-fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Msg>, path: PathBuf) {
-    let mut jobs: Vec<Job> = Vec::new();
-    // When the oldest queued job must be committed at the latest.
-    let mut due: Option<Instant> = None;
-    let mut open = true;
-    while open || !jobs.is_empty() {
-        let first = if !open {
-            None
-        } else if let Some(d) = due {
-            match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                Ok(m) => Some(m),
-                Err(std_mpsc::RecvTimeoutError::Timeout) => None,
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    None
+/// The writer thread's state.
+struct Writer {
+    conn: Connection,
+    rx: std_mpsc::Receiver<Msg>,
+    path: PathBuf,
+    sink: Option<Weak<dyn Sink>>,
+    /// Rows that put the disk back to the table after a rollback: written
+    /// first in every commit until one succeeds.
+    repair: Vec<Op>,
+    failing: Arc<Mutex<Option<WriteFailure>>>,
+    /// The highest batch number seen.
+    last_seq: u64,
+    inject_full: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Writer {
+    fn sink(&self) -> Option<Arc<dyn Sink>> {
+        self.sink.as_ref().and_then(Weak::upgrade)
+    }
+
+    fn degraded(&self) -> bool {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    fn run(mut self) {
+        let mut jobs: Vec<Job> = Vec::new();
+        // When the oldest queued job must be committed at the latest.
+        let mut due: Option<Instant> = None;
+        let mut retry_at: Option<Instant> = None;
+        let mut open = true;
+        while open || !jobs.is_empty() {
+            let wake = [due, retry_at].into_iter().flatten().min();
+            let first = if !open {
+                None
+            } else if let Some(d) = wake {
+                match self
+                    .rx
+                    .recv_timeout(d.saturating_duration_since(Instant::now()))
+                {
+                    Ok(m) => Some(m),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                        open = false;
+                        None
+                    }
+                }
+            } else {
+                self.rx.recv().map_err(|_| open = false).ok()
+            };
+            let mut now = !open;
+            let more: Vec<Msg> = self.rx.try_iter().collect();
+            for msg in first.into_iter().chain(more) {
+                match msg {
+                    Msg::Job(j) => {
+                        jobs.push(j);
+                        due.get_or_insert_with(|| Instant::now() + COMMIT_DELAY);
+                    }
+                    Msg::Flush => now = true,
+                    Msg::Attach(s) => self.sink = Some(s),
                 }
             }
+            if jobs.is_empty() {
+                due = None;
+            } else if now || due.is_some_and(|d| d <= Instant::now()) {
+                jobs = self.commit_and_answer(std::mem::take(&mut jobs));
+                due = (!jobs.is_empty()).then(Instant::now);
+            }
+            if !self.degraded() {
+                retry_at = None;
+            } else if jobs.is_empty() && retry_at.is_some_and(|r| r <= Instant::now()) {
+                // Nothing to commit, but the disk may be back: try the repair
+                // rows (or a probe row) on our own.
+                let _ = self.commit_and_answer(Vec::new());
+                retry_at = self.degraded().then(|| Instant::now() + RETRY_INTERVAL);
+            } else if retry_at.is_none() {
+                retry_at = Some(Instant::now() + RETRY_INTERVAL);
+            }
+        }
+    }
+
+    /// Commits `jobs` (after the repair rows) in one transaction, then sends
+    /// their messages and answers their submitters, in submission order. On
+    /// failure, the core rolls back every batch from the first of `jobs`
+    /// on; their submitters get the failure and their messages are dropped.
+    /// Returns the jobs submitted after that rollback (to commit next).
+    fn commit_and_answer(&mut self, jobs: Vec<Job>) -> Vec<Job> {
+        if let Some(last) = jobs.last() {
+            self.last_seq = self.last_seq.max(last.seq);
+        }
+        let probe = jobs.is_empty() && self.repair.is_empty();
+        let result = if self.inject_full.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                Some("injected by a test".into()),
+            ))
         } else {
-            rx.recv().map_err(|_| open = false).ok()
+            commit(&mut self.conn, &self.repair, &jobs, probe)
         };
-        let mut now = !open;
-        for msg in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-        {
-            match msg {
-                Msg::Job(j) => {
-                    jobs.push(j);
-                    due.get_or_insert_with(|| Instant::now() + COMMIT_DELAY);
+        match result {
+            Ok(()) => {
+                self.repair.clear();
+                let was_failing = self
+                    .failing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                let sink = self.sink();
+                if let Some(why) = was_failing {
+                    tracing::warn!(path = %self.path.display(), was = %why.cause, "state database writes work again");
+                    if let Some(s) = &sink {
+                        s.recovered();
+                    }
                 }
-                Msg::Flush => now = true,
+                if let (Some(s), Some(last)) = (&sink, jobs.last()) {
+                    s.committed(last.seq);
+                }
+                for job in jobs {
+                    for (tx, msg) in job.batch.after_commit {
+                        // A closed session is fine: the agent re-registers and is
+                        // reconciled from the table.
+                        let _ = tx.send(msg);
+                    }
+                    let _ = job.done.send(Ok(()));
+                }
+                Vec::new()
             }
-        }
-        if jobs.is_empty() {
-            due = None;
-        } else if now || due.is_some_and(|d| d <= Instant::now()) {
-            commit_and_answer(&mut conn, std::mem::take(&mut jobs), &path);
-            due = None;
+            Err(e) => {
+                let why = WriteFailure {
+                    path: self.path.clone(),
+                    cause: cause(&e, &self.path),
+                };
+                let first_time = self
+                    .failing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace(why.clone())
+                    .is_none();
+                if first_time || !jobs.is_empty() {
+                    tracing::error!(path = %self.path.display(), cause = %why.cause, batches = jobs.len(), "state database commit failed; its changes are rolled back and nothing that depended on them was sent");
+                }
+                let Some(first) = jobs.first().map(|j| j.seq) else {
+                    return Vec::new();
+                };
+                let rollback = match self.sink() {
+                    Some(s) => s.failed(first, &why),
+                    None => Rollback {
+                        through: self.last_seq,
+                        repair: Vec::new(),
+                    },
+                };
+                self.repair.extend(rollback.repair);
+                for job in jobs {
+                    let _ = job.done.send(Err(why.clone()));
+                }
+                // Every batch up to `through` was submitted before the
+                // rollback (under the table lock), so it is queued already.
+                let mut later = Vec::new();
+                for msg in self.rx.try_iter().collect::<Vec<_>>() {
+                    match msg {
+                        Msg::Job(j) if j.seq <= rollback.through => {
+                            let _ = j.done.send(Err(why.clone()));
+                        }
+                        Msg::Job(j) => later.push(j),
+                        Msg::Flush => {}
+                        Msg::Attach(s) => self.sink = Some(s),
+                    }
+                }
+                later
+            }
         }
     }
 }
 
-/// Commits `jobs` in one transaction, then sends their messages and answers
-/// their submitters, in submission order.
-fn commit_and_answer(conn: &mut Connection, jobs: Vec<Job>, path: &Path) {
-    let result = commit(conn, &jobs).map_err(|e| format!("{}: {e}", path.display()));
-    for job in jobs {
-        if result.is_ok() {
-            for (tx, msg) in job.batch.after_commit {
-                // A closed session is fine: the agent re-registers and is
-                // reconciled from the table.
-                let _ = tx.send(msg);
-            }
-        }
-        let _ = job.done.send(result.clone());
+/// What the OS said, in words an operator acts on: the sqlite code names
+/// a full disk; a failed write is checked against the file system (full,
+/// or mounted read-only).
+fn cause(e: &rusqlite::Error, path: &Path) -> String {
+    use rusqlite::ErrorCode;
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    let fs = nix::sys::statvfs::statvfs(dir).ok();
+    let read_only = fs
+        .as_ref()
+        .is_some_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    let full = fs.as_ref().is_some_and(|s| s.blocks_available() == 0);
+    let reason = match e.sqlite_error_code() {
+        Some(ErrorCode::DiskFull) => "no space left on device (ENOSPC)",
+        _ if read_only => "read-only file system (EROFS)",
+        Some(ErrorCode::ReadOnly) => "the database is read-only (EROFS or permissions)",
+        _ if full => "no space left on device (ENOSPC)",
+        _ => "",
+    };
+    if reason.is_empty() {
+        e.to_string()
+    } else {
+        format!("{reason}: {e}")
     }
 }
 
-fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
+enum ProcRow<'a> {
+    Put(&'a (ProcessInfo, StartRequest)),
+    Delete(&'a str),
+}
+
+fn commit(conn: &mut Connection, repair: &[Op], jobs: &[Job], probe: bool) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
     {
         let mut put_process = tx.prepare_cached(
@@ -336,37 +585,52 @@ fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
             tx.prepare_cached("INSERT OR REPLACE INTO agents (name, info) VALUES (?1, ?2)")?;
         let mut put_meta =
             tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+        if probe {
+            put_meta.execute(params!["probe", crate::core::now_ms()])?;
+        }
         // Later rows for the same key win; write each key once.
-        let mut last_process: HashMap<&str, &(ProcessInfo, StartRequest)> = HashMap::new();
+        let mut last_process: HashMap<&str, ProcRow> = HashMap::new();
         let mut order = Vec::new();
-        for job in jobs {
-            for op in &job.batch.ops {
-                match op {
-                    Op::Process(p) => {
-                        if last_process.insert(p.0.id.as_str(), p).is_none() {
-                            order.push(p.0.id.as_str());
-                        }
-                    }
-                    Op::Agent(a) => {
-                        put_agent.execute(params![a.name, a.encode_to_vec()])?;
-                    }
-                    Op::NextNumber(n) => {
-                        put_meta.execute(params!["next_number", *n as i64])?;
-                    }
+        let ops = repair.iter().chain(jobs.iter().flat_map(|j| &j.batch.ops));
+        for op in ops {
+            let (id, row) = match op {
+                Op::Process(p) => (p.0.id.as_str(), ProcRow::Put(p)),
+                Op::DeleteProcess(id) => (id.as_str(), ProcRow::Delete(id)),
+                Op::Agent(a) => {
+                    put_agent.execute(params![a.name, a.encode_to_vec()])?;
+                    continue;
                 }
+                Op::DeleteAgent(name) => {
+                    tx.execute("DELETE FROM agents WHERE name = ?1", params![name])?;
+                    continue;
+                }
+                Op::NextNumber(n) => {
+                    put_meta.execute(params!["next_number", *n as i64])?;
+                    continue;
+                }
+            };
+            if last_process.insert(id, row).is_none() {
+                order.push(id);
             }
         }
         for id in order {
-            let (info, request) = last_process[id];
-            let request_id = (!info.request_id.is_empty()).then_some(info.request_id.as_str());
-            put_process.execute(params![
-                info.id,
-                request_id,
-                info.state,
-                info.node,
-                info.encode_to_vec(),
-                request.encode_to_vec()
-            ])?;
+            match last_process[id] {
+                ProcRow::Put((info, request)) => {
+                    let request_id =
+                        (!info.request_id.is_empty()).then_some(info.request_id.as_str());
+                    put_process.execute(params![
+                        info.id,
+                        request_id,
+                        info.state,
+                        info.node,
+                        info.encode_to_vec(),
+                        request.encode_to_vec()
+                    ])?;
+                }
+                ProcRow::Delete(id) => {
+                    tx.execute("DELETE FROM processes WHERE id = ?1", params![id])?;
+                }
+            }
         }
     }
     tx.commit()
@@ -391,10 +655,13 @@ mod tests {
         let path = dir.path().join("state.db");
         let (store, _) = Store::open(&path).unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let pending = store.submit(Batch {
-            ops: vec![Op::NextNumber(5)],
-            after_commit: vec![(tx, ack("p1"))],
-        });
+        let pending = store.submit(
+            1,
+            Batch {
+                ops: vec![Op::NextNumber(5)],
+                after_commit: vec![(tx, ack("p1"))],
+            },
+        );
         pending.committed().await.unwrap();
         let sent = rx.try_recv().expect("the ack is sent once committed");
         assert_eq!(sent, ack("p1"));
@@ -407,15 +674,21 @@ mod tests {
     async fn a_waiting_batch_commits_the_queued_ones_with_it() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = Store::open(&dir.path().join("state.db")).unwrap();
-        let mut queued = store.submit(Batch {
-            ops: vec![Op::NextNumber(7)],
-            after_commit: Vec::new(),
-        });
-        store
-            .submit(Batch {
-                ops: vec![Op::NextNumber(8)],
+        let mut queued = store.submit(
+            1,
+            Batch {
+                ops: vec![Op::NextNumber(7)],
                 after_commit: Vec::new(),
-            })
+            },
+        );
+        store
+            .submit(
+                2,
+                Batch {
+                    ops: vec![Op::NextNumber(8)],
+                    after_commit: Vec::new(),
+                },
+            )
             .durable()
             .await
             .unwrap();

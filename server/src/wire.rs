@@ -15,8 +15,8 @@ use tonic::Status;
 use crate::core::effects::ToNode;
 use crate::core::logs::{Chunk, Output};
 use crate::core::model::{
-    Agent, AgentState, ExitReport, LaunchSpec, Method, Placement, Proc, ProcState, Registration,
-    StartSpec,
+    Agent, AgentState, ExitReport, JournalDamage, LaunchSpec, Method, Placement, Proc, ProcState,
+    Registration, StartSpec,
 };
 use crate::core::CoreError;
 
@@ -41,7 +41,8 @@ pub fn status(e: CoreError) -> Status {
         | E::LogsNodeGone { .. } => Status::unavailable(msg),
         E::SignalTimeout { .. } => Status::deadline_exceeded(msg),
         E::LogsTooSlow { .. } => Status::resource_exhausted(msg),
-        E::Store(_) => Status::internal(msg),
+        // The change was rolled back: the same request may be retried.
+        E::Store(_) => Status::unavailable(msg),
     }
 }
 
@@ -222,7 +223,53 @@ pub fn agent_info(a: &Agent) -> AgentInfo {
         version: a.version.clone(),
         last_seen_unix_ms: a.last_seen_unix_ms,
         hostname: a.hostname.clone(),
+        degraded_reason: a
+            .journal_damage
+            .as_ref()
+            .map(JournalDamage::reason)
+            .unwrap_or_default(),
+        journal_damage: a.journal_damage.as_ref().map(|d| pb::JournalDamage {
+            count: d.count,
+            first_offset: d.first_offset,
+            first: d.first.clone(),
+            kept_file: d.kept_file.clone(),
+            suspect_ids: d.suspect_ids.clone(),
+        }),
     }
+}
+
+/// Longest text kept from a node's damage report, and most suspect ids.
+const MAX_DAMAGE_TEXT: usize = 1024;
+const MAX_SUSPECTS: usize = 16;
+
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_DAMAGE_TEXT {
+        let mut end = MAX_DAMAGE_TEXT;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+/// A node's journal damage (bounded: it comes from the network); count 0
+/// or absent: none.
+pub fn journal_damage(d: Option<pb::JournalDamage>) -> Option<JournalDamage> {
+    let d = d.filter(|d| d.count > 0)?;
+    Some(JournalDamage {
+        count: d.count,
+        first_offset: d.first_offset,
+        first: bounded(d.first),
+        kept_file: bounded(d.kept_file),
+        suspect_ids: d
+            .suspect_ids
+            .into_iter()
+            .take(MAX_SUSPECTS)
+            .map(bounded)
+            .collect(),
+    })
 }
 
 /// An agent from its stored row; its lease clock starts at `now`.
@@ -241,6 +288,7 @@ pub fn agent_from_row(info: AgentInfo, now: Instant) -> Agent {
         last_seen_unix_ms: info.last_seen_unix_ms,
         last_seen: now,
         session: None,
+        journal_damage: journal_damage(info.journal_damage),
         running: Default::default(),
     }
 }
@@ -269,6 +317,7 @@ pub fn registration(r: Register) -> Registration {
             .map(|p| (p.process_id, p.pid))
             .collect(),
         exited: r.exited.into_iter().map(exit_report).collect(),
+        journal_damage: journal_damage(r.journal_damage),
     }
 }
 
@@ -315,6 +364,7 @@ pub fn to_node(m: ToNode) -> CoordinatorMessage {
             stderr_offset: from.stderr,
         }),
         ToNode::CancelLogs(request_id) => ToAgent::CancelLogs(pb::CancelLogs { request_id }),
+        ToNode::ResendReports => ToAgent::ResendReports(pb::ResendReports {}),
     };
     CoordinatorMessage { msg: Some(msg) }
 }

@@ -152,22 +152,33 @@ pub struct TestCluster {
 impl TestCluster {
     /// A coordinator with a fresh authkey, and no agents yet.
     pub fn start(options: Options) -> TestCluster {
+        let mut cluster = TestCluster::without_server(options);
+        cluster.start_server();
+        cluster
+    }
+
+    /// The directory and authkey, nothing running yet (to prepare the
+    /// coordinator's data directory, [`TestCluster::server_dir`], first).
+    pub fn without_server(options: Options) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("mpctl-test-")
             .tempdir()
             .expect("temp dir");
         let key_path = dir.path().join("authkey");
         mpctl::AuthKey::write_new(&key_path, false).expect("write authkey");
-        let mut cluster = TestCluster {
+        TestCluster {
             dir,
             key_path,
             addr: "127.0.0.1:0".into(),
             options,
             server: None,
             agents: HashMap::new(),
-        };
-        cluster.start_server();
-        cluster
+        }
+    }
+
+    /// The coordinator's data directory.
+    pub fn server_dir(&self) -> PathBuf {
+        self.path().join("server")
     }
 
     /// A coordinator and one agent `node-a` with `slots` slots.
@@ -201,7 +212,7 @@ impl TestCluster {
             "--listen",
             &self.addr,
             "--data-dir",
-            self.path().join("server").to_str().unwrap(),
+            self.server_dir().to_str().unwrap(),
             "--lease-ms",
             &self.options.lease_ms.to_string(),
             "--heartbeat-ms",

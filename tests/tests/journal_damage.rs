@@ -66,6 +66,37 @@ async fn an_edited_exit_code_in_the_journal_never_reaches_join() {
     p.join(Some(Duration::from_secs(20))).await.unwrap();
     assert_eq!(p.state(), Some(ProcessState::Lost));
     assert_eq!(p.exitcode(), None, "a damaged record gave a code");
+    // The coordinator shows the node degraded, with the reason (SDK and
+    // `mpctl agents`), and logged it at WARN.
+    let agents = c.agents().await.unwrap();
+    let reason = agents[0].degraded.clone().expect("node-a is degraded");
+    assert!(
+        reason.starts_with(&format!(
+            "exit journal damaged: 1 record, the first at byte 0 of {}/exits.journal.damaged-",
+            launcher_dir.display()
+        )) && reason.contains("line 1: checksum mismatch")
+            && reason.contains(&format!("it seems to name {id}")),
+        "{reason}"
+    );
+    let out = tc.cli(&["agents"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("node-a "))
+        .expect(&text);
+    assert_eq!(row.split_whitespace().nth(1), Some("degraded"), "{text}");
+    assert!(
+        text.contains(&format!("node-a is degraded: {reason}")),
+        "{text}"
+    );
+    let server_log = tc.server.as_ref().unwrap().log_text();
+    assert!(
+        server_log
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("node registered degraded")),
+        "{server_log}"
+    );
     let log = fs::read_to_string(launcher_dir.join("launcher.log")).unwrap();
     assert!(
         log.contains(&format!(

@@ -224,7 +224,7 @@ pub async fn server(g: &Global, a: ServerArgs) -> anyhow::Result<i32> {
                     "mpctl.v1.AgentService",
                     "mpctl.v1.PoolManager",
                 ],
-                mpctl_server::health::readiness(a.data_dir),
+                coordinator.readiness(a.data_dir),
             )
             .await?,
         ),

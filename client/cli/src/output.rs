@@ -49,6 +49,7 @@ pub fn agent_json(a: &AgentInfo) -> Value {
         "version": a.version,
         "hostname": a.hostname,
         "last_seen_unix_ms": unix_ms(a.last_seen),
+        "degraded": a.degraded,
     })
 }
 

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
-use mpctl::{Error, LogStream, Process, ProcessInfo, ProcessState};
+use mpctl::{AgentState, Error, LogStream, Process, ProcessInfo, ProcessState};
 use serde_json::Value;
 
 use super::output::{
@@ -334,7 +334,11 @@ pub async fn agents(g: &Global, a: FormatArgs) -> anyhow::Result<i32> {
                     labels.sort();
                     vec![
                         x.name.clone(),
-                        x.state.as_str().into(),
+                        match (&x.degraded, x.state) {
+                            (None, s) => s.as_str().into(),
+                            (Some(_), AgentState::Ready) => "degraded".into(),
+                            (Some(_), s) => format!("{s},degraded"),
+                        },
                         x.slots.to_string(),
                         x.used.to_string(),
                         if labels.is_empty() {
@@ -348,6 +352,13 @@ pub async fn agents(g: &Global, a: FormatArgs) -> anyhow::Result<i32> {
                 })
                 .collect::<Vec<_>>(),
         ),
+    }
+    if a.output == Format::Table {
+        for x in &agents {
+            if let Some(reason) = &x.degraded {
+                println!("{} is degraded: {reason}", x.name);
+            }
+        }
     }
     Ok(0)
 }

@@ -193,4 +193,7 @@ pub struct AgentInfo {
     pub version: String,
     pub hostname: String,
     pub last_seen: Option<SystemTime>,
+    /// Why the node is degraded (its exit journal has damaged records,
+    /// whose exits are not believed); `None`: it is not.
+    pub degraded: Option<String>,
 }

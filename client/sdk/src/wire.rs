@@ -108,6 +108,7 @@ pub(crate) fn agent_info(a: proto::AgentInfo) -> Result<AgentInfo> {
         version: a.version,
         hostname: a.hostname,
         last_seen: time(a.last_seen_unix_ms),
+        degraded: (!a.degraded_reason.is_empty()).then_some(a.degraded_reason),
         name: a.name,
     })
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::effects::{Effects, ToNode};
-use super::model::{Agent, AgentState, Method, ProcState, Registration};
+use super::model::{Agent, AgentState, ExitReport, JournalDamage, Method, ProcState, Registration};
 use super::procs::{apply_exit, dispatch_queue};
 use super::table::Table;
 
@@ -27,6 +27,9 @@ pub fn register(
 ) -> Effects {
     let mut fx = Effects::new();
     let name = reg.name.clone();
+    if let Some(d) = &reg.journal_damage {
+        tracing::warn!(agent = %name, reason = %d.reason(), "node registered degraded");
+    }
     let agent = t.put_agent(Agent {
         name: name.clone(),
         state: AgentState::Ready,
@@ -37,15 +40,44 @@ pub fn register(
         last_seen_unix_ms: now_ms,
         last_seen: now,
         session: Some(generation),
+        journal_damage: reg.journal_damage,
         running: HashSet::new(),
     });
     fx.put_agent(agent);
+    reconcile(
+        t,
+        &name,
+        generation,
+        reg.running,
+        reg.exited,
+        now_ms,
+        &mut fx,
+    );
+    fx
+}
+
+/// The node's report of what it runs and which exits are unacknowledged
+/// (on `Register`, or again on `Resync` after a rolled-back commit):
+/// exits applied, what it runs marked started (a worker of a pool that no
+/// longer exists is terminated), launches it never confirmed sent again,
+/// started processes it no longer knows lost (a damaged journal record
+/// gives none of them a code); then the queue is offered its slots.
+pub fn reconcile(
+    t: &mut Table,
+    name: &str,
+    generation: u64,
+    running: Vec<(String, i32)>,
+    exited: Vec<ExitReport>,
+    now_ms: i64,
+    fx: &mut Effects,
+) {
+    let name = name.to_owned();
     let mut known: HashSet<String> = HashSet::new();
-    for ex in reg.exited {
+    for ex in exited {
         known.insert(ex.process_id.clone());
-        apply_exit(t, &name, generation, ex, now_ms, &mut fx);
+        apply_exit(t, &name, generation, ex, now_ms, fx);
     }
-    for (id, pid) in reg.running {
+    for (id, pid) in running {
         known.insert(id.clone());
         let ours = t
             .get(&id)
@@ -100,13 +132,45 @@ pub fn register(
             fx.put(p);
         }
     }
-    dispatch_queue(t, &mut fx);
+    dispatch_queue(t, fx);
+}
+
+/// A `Resync` on session `generation` of `agent` (ignored from an ended
+/// session: the node registers again).
+pub fn resync(
+    t: &mut Table,
+    agent: &str,
+    generation: u64,
+    running: Vec<(String, i32)>,
+    exited: Vec<ExitReport>,
+    now_ms: i64,
+) -> Effects {
+    let mut fx = Effects::new();
+    if t.session(agent) == Some(generation) {
+        reconcile(t, agent, generation, running, exited, now_ms, &mut fx);
+    }
+    fx
+}
+
+/// The node's journal damage changed while connected.
+pub fn journal_damage(t: &mut Table, agent: &str, damage: Option<JournalDamage>) -> Effects {
+    let mut fx = Effects::new();
+    if t.agent(agent).is_some_and(|a| a.journal_damage == damage) {
+        return fx;
+    }
+    match &damage {
+        Some(d) => tracing::warn!(agent, reason = %d.reason(), "node degraded"),
+        None => tracing::info!(agent, "node's journal damage cleared"),
+    }
+    if let Some(a) = t.update_agent(agent, |a| a.journal_damage = damage) {
+        fx.put_agent(a);
+    }
     fx
 }
 
 /// Any message from the agent renews its lease.
 pub fn seen(t: &mut Table, agent: &str, now: Instant, now_ms: i64) {
-    t.update_agent(agent, |a| {
+    t.update_agent_live(agent, |a| {
         a.last_seen = now;
         a.last_seen_unix_ms = now_ms;
     });
@@ -125,7 +189,7 @@ pub fn disconnected(
     if t.session(agent) != Some(generation) {
         return None;
     }
-    let a = t.update_agent(agent, |a| {
+    let a = t.update_agent_live(agent, |a| {
         a.session = None;
         a.state = AgentState::Disconnected;
     })?;

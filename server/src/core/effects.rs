@@ -38,6 +38,9 @@ pub enum ToNode {
     },
     /// Stop that reader.
     CancelLogs(u64),
+    /// Report running processes and unacknowledged exits again (what was
+    /// reported while commits failed was rolled back).
+    ResendReports,
 }
 
 /// A message for one session of one node: a session that has ended since

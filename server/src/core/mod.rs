@@ -19,6 +19,15 @@
 //! processes it changed, all under the lock (so batches keep the order of
 //! the changes), then waits, outside the lock, for what the caller needs
 //! (durability, a launch's confirmation, a node's answer).
+//!
+//! Commit before effect: each batch carries the table's record of what it
+//! replaced ([`table::Undo`]). Readers (join, wait, get, list) see a
+//! process as last committed; its waiters wake when the store reports the
+//! commit ([`crate::store::Sink`]). A failed commit rolls back that batch
+//! and every later one (the table is as before them), their callers get the
+//! store's error, and no message that depended on them leaves; once a
+//! commit succeeds again every connected agent is asked to report its
+//! processes and unacknowledged exits again (`ResendReports`).
 
 pub mod agents;
 pub mod effects;
@@ -35,7 +44,7 @@ pub mod table;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,9 +61,9 @@ use model::{Agent, ExitReport, Method, Proc, ProcState, Registration, SignalAnsw
 use outbox::Outbox;
 use procs::SignalPlan;
 use settle::Waiters;
-use table::Table;
+use table::{Table, Undo};
 
-use crate::store::{Pending, Store};
+use crate::store::{Op, Pending, Rollback, Sink, Store, WriteFailure};
 use crate::validate;
 
 /// Timings of the agent protocol.
@@ -98,6 +107,42 @@ pub fn new_id() -> String {
 struct State {
     table: Table,
     waiters: Waiters,
+    /// The number of the last batch submitted.
+    seq: u64,
+    /// Batches submitted and not yet committed, oldest first: their number,
+    /// what they replaced, and the processes they changed.
+    uncommitted: VecDeque<(u64, Vec<Undo>, Vec<String>)>,
+    /// Processes with an uncommitted change: the number of its last batch.
+    dirty: HashMap<String, u64>,
+}
+
+impl State {
+    /// Process `id` as last committed (a change not yet durable is not
+    /// shown; a process whose start is not yet durable does not exist).
+    fn durable(&self, id: &str) -> Option<&Proc> {
+        if !self.dirty.contains_key(id) {
+            return self.table.get(id);
+        }
+        for (_, undo, _) in &self.uncommitted {
+            for u in undo {
+                if let Undo::Proc { id: uid, prior } = u {
+                    if uid == id {
+                        return prior.as_ref();
+                    }
+                }
+            }
+        }
+        self.table.get(id)
+    }
+}
+
+/// The committed view a waiter's check reads.
+pub(crate) struct Durable<'a>(&'a State);
+
+impl Durable<'_> {
+    pub fn get(&self, id: &str) -> Option<&Proc> {
+        self.0.durable(id)
+    }
 }
 
 /// A Terminate/Kill waiting for its node to confirm the signal was sent.
@@ -107,8 +152,12 @@ struct PendingSignal {
 }
 
 pub struct Core {
+    me: std::sync::Weak<Core>,
     state: Mutex<State>,
     outbox: Outbox,
+    store: Store,
+    /// For work the store's writer thread starts (it has no runtime).
+    runtime: Option<tokio::runtime::Handle>,
     logs: LogRoutes,
     signals: Mutex<HashMap<u64, PendingSignal>>,
     /// Ids of requests to agents (log reads, signals).
@@ -120,18 +169,34 @@ pub struct Core {
 
 impl Core {
     pub fn new(table: Table, store: Store, timings: Timings) -> Arc<Core> {
-        Arc::new(Core {
+        let mut table = table;
+        table.take_undo();
+        let core = Arc::new_cyclic(|me| Core {
+            me: me.clone(),
             state: Mutex::new(State {
                 table,
                 waiters: Waiters::default(),
+                seq: 0,
+                uncommitted: VecDeque::new(),
+                dirty: HashMap::new(),
             }),
-            outbox: Outbox::new(store),
+            outbox: Outbox::new(store.clone()),
+            store: store.clone(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             logs: LogRoutes::default(),
             signals: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             agents_changed: watch::channel(0).0,
             timings,
-        })
+        });
+        let sink: Arc<dyn Sink> = core.clone();
+        store.attach(Arc::downgrade(&sink));
+        core
+    }
+
+    /// Why the store cannot commit, while it cannot (for readiness).
+    pub fn store_failing(&self) -> Option<WriteFailure> {
+        self.store.failing()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -144,15 +209,25 @@ impl Core {
         self.signals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Carries out a transition's effects, under the lock that made them.
+    /// Carries out a transition's effects, under the lock that made them:
+    /// the batch takes the table's record of what it replaced; the
+    /// processes it changed wake their waiters once it is committed.
     fn apply(&self, st: &mut State, fx: Effects) -> Pending {
-        for id in &fx.touched {
-            st.waiters.wake(id);
-        }
         if fx.agents_changed {
             self.agents_changed.send_modify(|g| *g = g.wrapping_add(1));
         }
-        self.outbox.submit(fx)
+        st.seq += 1;
+        let seq = st.seq;
+        let undo = st.table.take_undo();
+        let mut touched = fx.touched.clone();
+        touched.extend(undo.iter().filter_map(Undo::proc_id).map(str::to_owned));
+        touched.sort_unstable();
+        touched.dedup();
+        for id in &touched {
+            st.dirty.insert(id.clone(), seq);
+        }
+        st.uncommitted.push_back((seq, undo, touched));
+        self.outbox.submit(seq, fx)
     }
 
     async fn durable(pending: Pending) -> Result<(), CoreError> {
@@ -169,13 +244,17 @@ impl Core {
         &self,
         ids: &[String],
         deadline: Option<Instant>,
-        mut check: impl FnMut(&Table) -> Option<T>,
+        mut check: impl FnMut(&Durable) -> Option<T>,
     ) -> Option<T> {
         let found = loop {
             let mut rxs: Vec<watch::Receiver<()>> = {
                 let mut st = self.lock();
-                if let Some(v) = check(&st.table) {
+                if let Some(v) = check(&Durable(&st)) {
                     break Some(v);
+                }
+                if ids.iter().any(|id| st.dirty.contains_key(id)) {
+                    // Someone waits for it: do not hold it for a group commit.
+                    self.store.flush();
                 }
                 ids.iter().map(|id| st.waiters.subscribe(id)).collect()
             };
@@ -193,6 +272,125 @@ impl Core {
         };
         self.lock().waiters.prune(ids.iter().map(String::as_str));
         found
+    }
+}
+
+impl Sink for Core {
+    fn committed(&self, seq: u64) {
+        let mut st = self.lock();
+        while st.uncommitted.front().is_some_and(|(s, ..)| *s <= seq) {
+            let (s, _, touched) = st.uncommitted.pop_front().expect("checked");
+            for id in touched {
+                if st.dirty.get(&id).is_some_and(|d| *d <= s) {
+                    st.dirty.remove(&id);
+                }
+                st.waiters.wake(&id);
+            }
+        }
+    }
+
+    fn failed(&self, first: u64, why: &WriteFailure) -> Rollback {
+        let mut st = self.lock();
+        let mut undo = Vec::new();
+        let mut woken = Vec::new();
+        while st.uncommitted.back().is_some_and(|(s, ..)| *s >= first) {
+            let (_, u, touched) = st.uncommitted.pop_back().expect("checked");
+            // Newest first: prepend, so `revert` (which goes backwards) undoes
+            // the newest batch first.
+            undo.splice(0..0, u);
+            woken.extend(touched);
+        }
+        let mut procs: Vec<String> = Vec::new();
+        let mut agents: Vec<String> = Vec::new();
+        let mut number = false;
+        for u in &undo {
+            match u {
+                Undo::Proc { id, .. } => procs.push(id.clone()),
+                Undo::Agent { name, .. } => agents.push(name.clone()),
+                Undo::NextNumber(_) => number = true,
+                Undo::ChildCount { .. } => {}
+            }
+        }
+        let batches = woken.len();
+        st.table.revert(undo);
+        procs.sort_unstable();
+        procs.dedup();
+        agents.sort_unstable();
+        agents.dedup();
+        let mut repair = Vec::new();
+        for id in &procs {
+            repair.push(match st.table.get(id) {
+                Some(p) => Op::Process(Box::new((
+                    crate::wire::process_info(p),
+                    crate::wire::start_row(p),
+                ))),
+                None => Op::DeleteProcess(id.clone()),
+            });
+        }
+        for name in &agents {
+            repair.push(match st.table.agent(name) {
+                Some(a) => Op::Agent(Box::new(crate::wire::agent_info(a))),
+                None => Op::DeleteAgent(name.clone()),
+            });
+        }
+        if number {
+            repair.push(Op::NextNumber(st.table.next_number()));
+        }
+        for id in woken {
+            st.dirty.remove(&id);
+            st.waiters.wake(&id);
+        }
+        // A rolled-back registration's outbox session, and agent changes.
+        for name in &agents {
+            if st.table.session(name).is_none() {
+                self.outbox.close_any(name);
+            }
+        }
+        if !agents.is_empty() {
+            self.agents_changed.send_modify(|g| *g = g.wrapping_add(1));
+        }
+        tracing::warn!(cause = %why, first_batch = first, through = st.seq, processes = procs.len(), touched = batches,
+            "rolled back the changes whose commit failed");
+        Rollback {
+            through: st.seq,
+            repair,
+        }
+    }
+
+    fn recovered(&self) {
+        let (connected, waiting): (Vec<String>, Vec<String>) = {
+            let st = self.lock();
+            let connected = st
+                .table
+                .agents()
+                .values()
+                .filter(|a| a.session.is_some())
+                .map(|a| a.name.clone())
+                .collect();
+            let waiting = st
+                .table
+                .agents()
+                .values()
+                .filter(|a| a.session.is_none() && a.state != model::AgentState::Lost)
+                .map(|a| a.name.clone())
+                .collect();
+            (connected, waiting)
+        };
+        tracing::info!(
+            agents = connected.len(),
+            "the store commits again: asking every connected agent to report again what was rolled back"
+        );
+        for name in connected {
+            self.outbox.send_now(&name, ToNode::ResendReports);
+        }
+        // A lease expiry that was rolled back is checked again.
+        if let (Some(rt), Some(core)) = (&self.runtime, self.me.upgrade()) {
+            rt.spawn(async move {
+                for name in waiting {
+                    core.recheck_lease(name);
+                }
+            });
+        }
     }
 }
 

@@ -165,9 +165,44 @@ pub struct Agent {
     pub last_seen: Instant,
     /// The generation of its open session, if connected.
     pub session: Option<u64>,
+    /// Damaged records in its exit journal, as it last reported them: the
+    /// node is degraded while there are any.
+    pub journal_damage: Option<JournalDamage>,
     /// Processes placed on it and not yet stopped (launching or started);
     /// kept by [`crate::core::table::Table`].
     pub(crate) running: HashSet<String>,
+}
+
+/// Damaged records in a node's exit journal (their exits are not believed).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JournalDamage {
+    pub count: u32,
+    pub first_offset: u64,
+    /// What is wrong with the first damaged record.
+    pub first: String,
+    /// The damaged journal as the node keeps it.
+    pub kept_file: String,
+    /// Process ids the records seem to name (hints only).
+    pub suspect_ids: Vec<String>,
+}
+
+impl JournalDamage {
+    /// Why the node is degraded, for `mpctl agents`.
+    pub fn reason(&self) -> String {
+        let records = if self.count == 1 { "record" } else { "records" };
+        let mut s = format!(
+            "exit journal damaged: {} {records}, the first at byte {} of {}: {}; exits in it are not believed (their processes end lost)",
+            self.count, self.first_offset, self.kept_file, self.first
+        );
+        if !self.suspect_ids.is_empty() {
+            s.push_str(&format!(
+                "; it seems to name {}",
+                self.suspect_ids.join(", ")
+            ));
+        }
+        s.push_str("; remove the kept file and restart the agent once dealt with");
+        s
+    }
 }
 
 impl Agent {
@@ -201,6 +236,8 @@ pub struct Registration {
     pub running: Vec<(String, i32)>,
     /// Exits it has not had acknowledged.
     pub exited: Vec<ExitReport>,
+    /// Damage in its exit journal (`None`: none).
+    pub journal_damage: Option<JournalDamage>,
 }
 
 /// A node's answer to a Signal.

@@ -44,14 +44,14 @@ impl Outbox {
 
     /// Queues `fx` with the store. Called under the table lock, so batches
     /// keep the order of the changes they record.
-    pub fn submit(&self, fx: Effects) -> Pending {
+    pub fn submit(&self, seq: u64, fx: Effects) -> Pending {
         let mut batch = Batch::default();
         for row in fx.rows {
             batch.ops.push(match row {
                 Row::Proc(p) => {
                     Op::Process(Box::new((wire::process_info(&p), wire::start_row(&p))))
                 }
-                Row::Agent(a) => Op::Agent(wire::agent_info(&a)),
+                Row::Agent(a) => Op::Agent(Box::new(wire::agent_info(&a))),
                 Row::NextNumber(n) => Op::NextNumber(n),
             });
         }
@@ -70,7 +70,7 @@ impl Outbox {
                 }
             }
         }
-        self.store.submit(batch)
+        self.store.submit(seq, batch)
     }
 
     /// Session `generation` of `node` is open on `tx`.
@@ -88,6 +88,12 @@ impl Outbox {
         {
             sessions.remove(node);
         }
+    }
+
+    /// The session of `node`, whichever it is, ended (its registration was
+    /// rolled back).
+    pub fn close_any(&self, node: &str) {
+        self.sessions().remove(node);
     }
 
     /// Sends at once, with no commit to wait for. False when `node` is not

@@ -10,10 +10,34 @@
 //!   started ([`Table::update`] moves ids in and out on every state change);
 //! - `queue`: every queued process once, oldest first (entries that left
 //!   the queued state are dropped when [`Table::queued`] next reads it).
+//!
+//! Every change a transition makes is also recorded with the value it
+//! replaced ([`Undo`]): the core takes that record with each store batch,
+//! and if the batch's commit fails it hands it back to [`Table::revert`],
+//! which leaves the table as it was before (commit before effect).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use super::model::{Agent, Proc, ProcState};
+
+/// The value a change replaced, to put back if its commit fails.
+#[derive(Clone, Debug)]
+pub enum Undo {
+    Proc { id: String, prior: Option<Proc> },
+    Agent { name: String, prior: Option<Agent> },
+    NextNumber(u64),
+    ChildCount { parent: String, prior: Option<u32> },
+}
+
+impl Undo {
+    /// The process it restores, if any.
+    pub fn proc_id(&self) -> Option<&str> {
+        match self {
+            Undo::Proc { id, .. } => Some(id),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct Table {
@@ -28,6 +52,8 @@ pub struct Table {
     daemon_children: HashMap<String, Vec<String>>,
     /// Pools with a driver in this coordinator.
     live_pools: HashSet<String>,
+    /// Changes since the last [`Table::take_undo`], oldest first.
+    undo: Vec<Undo>,
 }
 
 impl Table {
@@ -63,7 +89,92 @@ impl Table {
             }
             t.insert(p);
         }
+        t.undo.clear();
         t
+    }
+
+    // ----- rollback -------------------------------------------------------
+
+    /// The changes recorded since the last call, oldest first.
+    pub fn take_undo(&mut self) -> Vec<Undo> {
+        std::mem::take(&mut self.undo)
+    }
+
+    /// Puts back what `undo` replaced, newest first, and keeps the indices
+    /// true. Used when the commit of those changes failed.
+    pub fn revert(&mut self, undo: Vec<Undo>) {
+        for u in undo.into_iter().rev() {
+            match u {
+                Undo::Proc { id, prior } => self.revert_proc(&id, prior),
+                Undo::Agent { name, prior } => {
+                    match prior {
+                        Some(mut a) => {
+                            // Liveness is not part of the change: keep the latest.
+                            if let Some(now) = self.agents.get(&name) {
+                                a.last_seen = a.last_seen.max(now.last_seen);
+                                a.last_seen_unix_ms =
+                                    a.last_seen_unix_ms.max(now.last_seen_unix_ms);
+                            }
+                            self.agents.insert(name, a);
+                        }
+                        None => {
+                            self.agents.remove(&name);
+                        }
+                    }
+                }
+                Undo::NextNumber(n) => self.next_number = n,
+                Undo::ChildCount { parent, prior } => match prior {
+                    Some(k) => {
+                        self.children_started.insert(parent, k);
+                    }
+                    None => {
+                        self.children_started.remove(&parent);
+                    }
+                },
+            }
+        }
+        // The running sets follow from the processes.
+        for a in self.agents.values_mut() {
+            a.running.clear();
+        }
+        for p in self.procs.values().filter(|p| p.state.is_active()) {
+            if let Some(a) = self.agents.get_mut(&p.node) {
+                a.running.insert(p.id.clone());
+            }
+        }
+        self.undo.clear();
+    }
+
+    fn revert_proc(&mut self, id: &str, prior: Option<Proc>) {
+        let Some(prior) = prior else {
+            // It did not exist: remove it with its index entries.
+            if let Some(p) = self.procs.remove(id) {
+                if self.by_request.get(&p.request_id).is_some_and(|x| x == id) {
+                    self.by_request.remove(&p.request_id);
+                }
+                if let Some(kids) = self.daemon_children.get_mut(&p.parent_id) {
+                    kids.retain(|k| k != id);
+                }
+                self.queue.retain(|q| q != id);
+            }
+            return;
+        };
+        if prior.state == ProcState::Queued && !self.queue.iter().any(|q| q == id) {
+            // Back in its place by age (the queue is oldest first).
+            let key = (prior.created_unix_ms, prior.id.clone());
+            let procs = &self.procs;
+            let at = self
+                .queue
+                .iter()
+                .position(|q| {
+                    procs
+                        .get(q)
+                        .is_some_and(|p| (p.created_unix_ms, p.id.clone()) > key)
+                })
+                .unwrap_or(self.queue.len());
+            self.queue.insert(at, id.to_owned());
+        }
+        self.procs.insert(id.to_owned(), prior);
     }
 
     // ----- processes ------------------------------------------------------
@@ -87,6 +198,10 @@ impl Table {
 
     /// Adds a process (new, or restored) with its indices.
     pub fn insert(&mut self, p: Proc) {
+        self.undo.push(Undo::Proc {
+            id: p.id.clone(),
+            prior: self.procs.get(&p.id).cloned(),
+        });
         if !p.request_id.is_empty() {
             self.by_request.insert(p.request_id.clone(), p.id.clone());
         }
@@ -111,6 +226,10 @@ impl Table {
     /// queue as its state and node require. `None`: no such process.
     pub fn update(&mut self, id: &str, f: impl FnOnce(&mut Proc)) -> Option<&Proc> {
         let p = self.procs.get_mut(id)?;
+        self.undo.push(Undo::Proc {
+            id: id.to_owned(),
+            prior: Some(p.clone()),
+        });
         let (was, old_node) = (p.state, p.node.clone());
         f(p);
         let (now, node) = (p.state, p.node.clone());
@@ -133,6 +252,7 @@ impl Table {
     /// Numbers the next top-level process.
     pub fn take_number(&mut self) -> u64 {
         let n = self.next_number;
+        self.undo.push(Undo::NextNumber(n));
         self.next_number += 1;
         n
     }
@@ -145,6 +265,10 @@ impl Table {
     /// one its parent gave it when it made the Process object, or else the
     /// next after every number used so far.
     pub fn count_child(&mut self, parent: &str, given: u32) -> u32 {
+        self.undo.push(Undo::ChildCount {
+            parent: parent.to_owned(),
+            prior: self.children_started.get(parent).copied(),
+        });
         let k = self.children_started.entry(parent.to_owned()).or_default();
         let number = if given > 0 { given } else { *k + 1 };
         *k = (*k).max(number);
@@ -188,12 +312,28 @@ impl Table {
             .map(|p| p.id.clone())
             .collect();
         let name = a.name.clone();
+        let prior = self.agents.get(&name).cloned();
+        self.undo.push(Undo::Agent {
+            name: name.clone(),
+            prior,
+        });
         self.agents.insert(name.clone(), a);
         &self.agents[&name]
     }
 
     /// Changes an agent's own fields (not its running set).
     pub fn update_agent(&mut self, name: &str, f: impl FnOnce(&mut Agent)) -> Option<&Agent> {
+        let a = self.agents.get_mut(name)?;
+        self.undo.push(Undo::Agent {
+            name: name.to_owned(),
+            prior: Some(a.clone()),
+        });
+        self.update_agent_live(name, f)
+    }
+
+    /// Changes an agent's fields that are not stored and not rolled back
+    /// (its lease clock, its open session).
+    pub fn update_agent_live(&mut self, name: &str, f: impl FnOnce(&mut Agent)) -> Option<&Agent> {
         let a = self.agents.get_mut(name)?;
         let running = std::mem::take(&mut a.running);
         f(a);

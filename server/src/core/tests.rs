@@ -565,3 +565,127 @@ async fn an_exit_wakes_only_the_joiners_of_that_process() {
     assert_eq!(j2.await.unwrap().unwrap().0.exitcode, Some(6));
     assert_eq!(core.waited_on(), 0);
 }
+
+/// Commit before effect, through the store's test seam (every commit fails
+/// as on a full disk): an exit is neither acknowledged nor answered to
+/// `join`, a start is refused naming ENOSPC and the database path and
+/// leaves nothing behind; once commits work again the node is asked to
+/// resend, its exit is recorded and acknowledged, and the start's retry
+/// with the same request id launches exactly once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_commit_rolls_back_acknowledges_nothing_and_recovers_without_a_restart() {
+    use mpctl_proto::v1::coordinator_message::Msg as ToAgent;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let (store, _) = crate::store::Store::open(&db).unwrap();
+    let core = super::Core::new(Table::new(1), store.clone(), super::Timings::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let g = core.register(reg("n1", 2), tx).await.unwrap();
+    let first = {
+        let core2 = Arc::clone(&core);
+        let start = tokio::spawn(async move { core2.start(cmd(&["sleep", "9"])).await });
+        let Some(ToAgent::Launch(l)) = rx.recv().await.unwrap().msg else {
+            panic!("expected a Launch");
+        };
+        core.launched("n1", &l.process_id, 100, T0_MS);
+        start.await.unwrap().unwrap().id
+    };
+    let join = {
+        let core = Arc::clone(&core);
+        let id = first.clone();
+        tokio::spawn(async move { core.join(&id, None).await })
+    };
+    while core.waited_on() < 1 {
+        tokio::task::yield_now().await;
+    }
+
+    store.inject_disk_full(true);
+    core.exited("n1", g, exit(&first, 7));
+    let mut spec = cmd(&["true"]);
+    spec.request_id = "r1".into();
+    let err = core.start(spec.clone()).await.unwrap_err();
+    // The start was submitted after the exit, so both are rolled back now.
+    let text = err.to_string();
+    assert!(
+        text.contains(&format!("cannot write the state database {}", db.display()))
+            && text.contains("no space left on device (ENOSPC)"),
+        "{text}"
+    );
+    assert_eq!(crate::wire::status(err).code(), tonic::Code::Unavailable);
+    let p = core.get(&first).unwrap();
+    assert_eq!((p.state, p.exitcode), (ProcState::Started, None));
+    assert_eq!(
+        core.list(true, "").len(),
+        1,
+        "the refused start left no process"
+    );
+    assert!(!join.is_finished(), "join answered from memory");
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing was sent: no AckExit, no Launch"
+    );
+    assert!(core.store_failing().is_some());
+
+    store.inject_disk_full(false);
+    // The writer retries on its own; then the node is asked to resend.
+    let msg = rx.recv().await.unwrap();
+    assert!(
+        matches!(msg.msg, Some(ToAgent::ResendReports(_))),
+        "{msg:?}"
+    );
+    assert!(core.store_failing().is_none());
+    core.resync("n1", g, vec![], vec![exit(&first, 7)]);
+    let (p, timed_out) = join.await.unwrap().unwrap();
+    assert_eq!(
+        (p.state, p.exitcode, timed_out),
+        (ProcState::Stopped, Some(7), false)
+    );
+    let Some(ToAgent::AckExit(a)) = rx.recv().await.unwrap().msg else {
+        panic!("expected the AckExit after the commit");
+    };
+    assert_eq!(a.process_id, first);
+
+    let retry = {
+        let core = Arc::clone(&core);
+        tokio::spawn(async move { core.start(spec).await })
+    };
+    let Some(ToAgent::Launch(l)) = rx.recv().await.unwrap().msg else {
+        panic!("expected the retry's Launch");
+    };
+    core.launched("n1", &l.process_id, 101, T0_MS);
+    let p = retry.await.unwrap().unwrap();
+    assert_eq!(
+        (p.id.as_str(), p.state),
+        (l.process_id.as_str(), ProcState::Started)
+    );
+    assert_eq!(core.list(true, "").len(), 2);
+    assert!(rx.try_recv().is_err(), "launched exactly once");
+}
+
+/// The table's undo record puts a start, a placement and the counters
+/// back exactly (indices included).
+#[test]
+fn revert_leaves_the_table_as_before_the_changes() {
+    let (mut t, _) = cluster(1);
+    t.take_undo();
+    let mut spec = cmd(&["a"]);
+    spec.request_id = "r1".into();
+    start(&mut t, spec, "p1");
+    start(&mut t, cmd(&["b"]), "p2");
+    assert_eq!(state(&t, "p2"), ProcState::Queued);
+    let before_exit = t.take_undo();
+    let fx = procs::exited(&mut t, "n1", 1, exit("p1", 3), T0_MS);
+    assert_eq!(launches(&fx), [("n1".into(), "p2".into())]);
+    let exit_undo = t.take_undo();
+    t.revert(exit_undo);
+    assert_eq!(state(&t, "p1"), ProcState::Launching);
+    assert_eq!(state(&t, "p2"), ProcState::Queued);
+    assert_eq!(used(&t, "n1"), 1);
+    assert_eq!(t.queued(), ["p2"]);
+    t.revert(before_exit);
+    assert!(t.get("p1").is_none() && t.get("p2").is_none());
+    assert_eq!(t.by_request("r1"), None);
+    assert_eq!((used(&t, "n1"), t.next_number()), (0, 1));
+    assert!(t.queued().is_empty());
+}

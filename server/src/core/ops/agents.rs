@@ -26,7 +26,12 @@ impl Core {
             );
             (generation, self.apply(&mut st, fx))
         };
-        Self::durable(pending).await?;
+        if let Err(e) = Self::durable(pending).await {
+            // Rolled back: this session never was.
+            self.outbox.close(&name, generation);
+            tracing::warn!(agent = %name, error = %e, "agent registration not saved; it will register again");
+            return Err(e);
+        }
         tracing::info!(agent = %name, generation, "agent registered");
         Ok(generation)
     }
@@ -58,6 +63,43 @@ impl Core {
         let pending = {
             let mut st = self.lock();
             let fx = procs::exited(&mut st.table, agent, generation, ex, now_ms());
+            if fx.is_empty() {
+                return;
+            }
+            self.apply(&mut st, fx)
+        };
+        in_background(pending);
+    }
+
+    /// The node reported again what it runs and which exits are
+    /// unacknowledged (asked for after a rolled-back commit).
+    pub fn resync(
+        &self,
+        agent: &str,
+        generation: u64,
+        running: Vec<(String, i32)>,
+        exited: Vec<ExitReport>,
+    ) {
+        let pending = {
+            let mut st = self.lock();
+            let fx = crate::core::agents::resync(
+                &mut st.table,
+                agent,
+                generation,
+                running,
+                exited,
+                now_ms(),
+            );
+            self.apply(&mut st, fx)
+        };
+        in_background(pending);
+    }
+
+    /// The node's exit journal damage changed while connected.
+    pub fn journal_damage(&self, agent: &str, damage: Option<model::JournalDamage>) {
+        let pending = {
+            let mut st = self.lock();
+            let fx = crate::core::agents::journal_damage(&mut st.table, agent, damage);
             if fx.is_empty() {
                 return;
             }
@@ -119,6 +161,21 @@ impl Core {
             self.apply(&mut st, fx)
         };
         in_background(pending);
+    }
+
+    /// Schedules the lease check of a disconnected `agent` for when its
+    /// lease runs out (again: after a rolled-back expiry or registration).
+    pub fn recheck_lease(self: &Arc<Self>, agent: String) {
+        let remaining = {
+            let st = self.lock();
+            let Some(a) = st.table.agent(&agent) else {
+                return;
+            };
+            self.timings
+                .lease
+                .saturating_sub(Instant::now().saturating_duration_since(a.last_seen))
+        };
+        self.schedule_lease_check(agent, remaining);
     }
 
     /// Agents known from the store get one lease from start-up to reconnect.

@@ -23,7 +23,14 @@ impl Core {
         let fork = spec.method == Method::Fork;
         let (id, pending) = {
             let mut st = self.lock();
-            let started = procs::start(&mut st.table, spec, new_id, now_ms())?;
+            let started = match procs::start(&mut st.table, spec, new_id, now_ms()) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Refused: what it counted stays, with nothing to commit.
+                    st.table.take_undo();
+                    return Err(e);
+                }
+            };
             let pending = self.apply(&mut st, started.effects);
             (started.id, pending)
         };
@@ -56,10 +63,10 @@ impl Core {
         Ok(p)
     }
 
+    /// The process as last committed.
     pub fn get(&self, id: &str) -> Result<Proc, CoreError> {
         self.lock()
-            .table
-            .get(id)
+            .durable(id)
             .cloned()
             .ok_or_else(|| CoreError::UnknownProcess(id.to_owned()))
     }
@@ -71,6 +78,7 @@ impl Core {
         let mut out: Vec<Proc> = st
             .table
             .procs()
+            .filter_map(|p| st.durable(&p.id))
             .filter(|p| all || !p.state.is_final())
             .filter(|p| node.is_empty() || p.node == node)
             .map(|p| Proc {
@@ -125,7 +133,7 @@ impl Core {
             self.get(id)?;
         }
         let deadline = timeout.map(|t| Instant::now() + t);
-        let ready = |t: &Table| -> Vec<Proc> {
+        let ready = |t: &Durable| -> Vec<Proc> {
             ids.iter()
                 .filter_map(|id| t.get(id))
                 .filter(|p| p.state.is_settled())
@@ -143,7 +151,7 @@ impl Core {
                 done.then_some(r)
             })
             .await;
-        Ok(found.unwrap_or_else(|| ready(&self.lock().table)))
+        Ok(found.unwrap_or_else(|| ready(&Durable(&self.lock()))))
     }
 
     /// terminate()/kill(): the process only, or its tree; returns once the
