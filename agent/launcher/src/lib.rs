@@ -47,7 +47,8 @@ pub use protocol::{
     Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunningRecord,
     ToLauncher,
 };
-pub use server::{run, run_persistent};
+pub use mpctl_node::peer::PeerPolicy;
+pub use server::{run, run_persistent, run_with, Options};
 pub use setup::{create_private_dir, LOCK_FILE, LOG_FILE, SOCKET_FILE};
 
 /// Writes one timestamped line to the launcher's log (its stderr, which is
