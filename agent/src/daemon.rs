@@ -58,7 +58,7 @@ pub async fn run_with_health(
     report_journal_damage(&hello);
     state.adopt(&hello.running, exit_reports(hello.exited));
     let launcher = Launcher::new(client);
-    let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state)).map_err(|source| {
+    let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state), config.peers.clone()).map_err(|source| {
         AgentError::DataDir {
             path: config.data_dir.join(crate::pool_relay::POOL_SOCKET_FILE),
             source,
