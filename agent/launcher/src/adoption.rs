@@ -154,13 +154,14 @@ impl Adoption {
         }
     }
 
-    /// Reads every waiting message of connection `k`; a connection that
-    /// closed (or sent something malformed) is dropped after what it sent
-    /// before.
-    pub fn on_ready(&mut self, k: u64) -> Vec<Incoming> {
+    /// Reads every waiting message of connection `k`. The flag is set when
+    /// the connection closed (or sent something malformed): the caller
+    /// handles what it sent before (a parent's last `exited` comes just
+    /// before its close) and then [`Adoption::close`]s it.
+    pub fn on_ready(&mut self, k: u64) -> (Vec<Incoming>, bool) {
         let mut out = Vec::new();
         let Some(conn) = self.conns.get(&k) else {
-            return out;
+            return (out, false);
         };
         loop {
             match seqpacket::recv::<ToAdopt>(conn.sock.as_fd(), false) {
@@ -170,13 +171,16 @@ impl Adoption {
                 Ok(Received::Message(ToAdopt::Exited { pid, exitcode }, _)) => {
                     out.push(Incoming::Exited { pid, exitcode });
                 }
-                Ok(Received::WouldBlock) => return out,
-                Ok(Received::Closed) | Err(_) => {
-                    self.conns.remove(&k);
-                    return out;
-                }
+                Ok(Received::WouldBlock) => return (out, false),
+                Ok(Received::Closed) | Err(_) => return (out, true),
             }
         }
+    }
+
+    /// Drops connection `k` (its children stay tracked; if their parent is
+    /// gone, the launcher reaps them as a subreaper).
+    pub fn close(&mut self, k: u64) {
+        self.conns.remove(&k);
     }
 
     /// Answers an adoption on connection `k` (if it is still open).

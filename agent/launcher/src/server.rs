@@ -361,7 +361,8 @@ impl Launcher {
     }
 
     fn on_adopt(&mut self, k: u64) {
-        for msg in self.adoption.on_ready(k) {
+        let (messages, closed) = self.adoption.on_ready(k);
+        for msg in messages {
             match msg {
                 adoption::Incoming::Adopt { id, pid, fds } => {
                     let answer = match self.adopt(k, &id, pid, fds) {
@@ -391,6 +392,9 @@ impl Launcher {
                     }
                 }
             }
+        }
+        if closed {
+            self.adoption.close(k);
         }
     }
 
