@@ -58,12 +58,11 @@ pub async fn run_with_health(
     report_journal_damage(&hello);
     state.adopt(&hello.running, exit_reports(hello.exited));
     let launcher = Launcher::new(client);
-    let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state), config.peers.clone()).map_err(|source| {
-        AgentError::DataDir {
+    let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state), config.peers.clone())
+        .map_err(|source| AgentError::DataDir {
             path: config.data_dir.join(crate::pool_relay::POOL_SOCKET_FILE),
             source,
-        }
-    })?;
+        })?;
     let watcher = tokio::spawn(watch_launcher(
         events,
         Arc::clone(&state),

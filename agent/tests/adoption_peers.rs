@@ -119,12 +119,10 @@ impl Node {
     }
 
     async fn exit_of(&mut self, id: &str) -> ExitRecord {
-        loop {
-            match self.next().await {
-                LauncherEvent::Exited(rec) if rec.id == id => return rec,
-                LauncherEvent::Disconnected(r) => panic!("disconnected: {r}"),
-                other => panic!("waiting for the exit of {id}, got {other:?}"),
-            }
+        match self.next().await {
+            LauncherEvent::Exited(rec) if rec.id == id => rec,
+            LauncherEvent::Disconnected(r) => panic!("disconnected: {r}"),
+            other => panic!("waiting for the exit of {id}, got {other:?}"),
         }
     }
 
@@ -217,7 +215,10 @@ s.close()  # as the Rust runtime does: the last exit, then the close
         }
     }
     codes.sort();
-    assert_eq!(codes, vec![("kid".to_owned(), -9), ("parent".to_owned(), 0)]);
+    assert_eq!(
+        codes,
+        vec![("kid".to_owned(), -9), ("parent".to_owned(), 0)]
+    );
     assert_eq!(n.output("parent"), "\"adopted\"\n");
     let log = n.log();
     assert!(

@@ -111,7 +111,10 @@ async fn another_uid_is_refused_on_every_node_local_socket() {
     }
     // Each refusal is logged before the connection is closed.
     let log = fs::read_to_string(launcher.join("launcher.log")).unwrap();
-    assert!(log.contains(&refusal_line("launcher.sock", pids[0])), "{log}");
+    assert!(
+        log.contains(&refusal_line("launcher.sock", pids[0])),
+        "{log}"
+    );
     assert!(log.contains(&refusal_line("adopt.sock", pids[1])), "{log}");
     tc.agent("node-a")
         .wait_line(&refusal_line("pool.sock", pids[2]), Duration::from_secs(30));

@@ -31,9 +31,9 @@ use std::path::Path;
 use mpctl_node::adoption::{FromAdopt, ToAdopt, SOCKET_FILE};
 use mpctl_node::peer::{Peer, PeerPolicy, RefusalLog};
 use mpctl_node::procfs;
-use mpctl_node::sys::pidfd;
 use mpctl_node::seqpacket::{self, Received};
 use mpctl_node::sys::fds::own;
+use mpctl_node::sys::pidfd;
 use nix::poll::PollFlags;
 use nix::sys::socket::{
     accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,

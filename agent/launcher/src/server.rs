@@ -380,17 +380,15 @@ impl Launcher {
                     };
                     self.adoption.reply(k, &answer);
                 }
-                adoption::Incoming::Exited { pid, exitcode } => {
-                    match self.adopted_exit(k, pid) {
-                        Ok(()) => {
-                            self.adoption.reported(k, pid);
-                            self.child_exited(pid, exitcode);
-                        }
-                        Err(error) => self
-                            .adoption
-                            .refuse(&format_args!("exit {exitcode} refused: {error}")),
+                adoption::Incoming::Exited { pid, exitcode } => match self.adopted_exit(k, pid) {
+                    Ok(()) => {
+                        self.adoption.reported(k, pid);
+                        self.child_exited(pid, exitcode);
                     }
-                }
+                    Err(error) => self
+                        .adoption
+                        .refuse(&format_args!("exit {exitcode} refused: {error}")),
+                },
             }
         }
         if closed {

@@ -99,7 +99,10 @@ impl Default for PeerPolicy {
 pub enum Refusal {
     /// `SO_PEERCRED` failed: the peer cannot be named, so it is refused.
     NoCredentials(io::Error),
-    Uid { peer: Peer, allowed: Vec<u32> },
+    Uid {
+        peer: Peer,
+        allowed: Vec<u32>,
+    },
 }
 
 impl fmt::Display for Refusal {
@@ -208,7 +211,9 @@ mod tests {
     #[test]
     fn a_uid_outside_the_policy_is_refused() {
         let (a, _b) = UnixStream::pair().unwrap();
-        let policy = PeerPolicy { uids: vec![u32::MAX - 7] };
+        let policy = PeerPolicy {
+            uids: vec![u32::MAX - 7],
+        };
         let e = policy.check(&a).unwrap_err();
         assert!(matches!(e, Refusal::Uid { .. }), "{e}");
         assert!(e.to_string().contains("uid not allowed"), "{e}");
@@ -224,10 +229,7 @@ mod tests {
             "adopt.sock: refused 1 connection or message since the last report (1 in all); latest: uid 5"
         );
         for i in 1..=99u64 {
-            assert_eq!(
-                log.record_at(&"uid 5", t0 + Duration::from_millis(i)),
-                None
-            );
+            assert_eq!(log.record_at(&"uid 5", t0 + Duration::from_millis(i)), None);
         }
         let later = log
             .record_at(&"uid 6", t0 + Duration::from_secs(10))
