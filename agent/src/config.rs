@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+pub use mpctl_node::peer::PeerPolicy;
 use mpctl_transport::{AuthKey, Security};
 
 pub struct AgentConfig {
@@ -25,6 +26,9 @@ pub struct AgentConfig {
     pub default_log_limit: u64,
     /// Working directory of processes whose start gives none.
     pub work_dir: PathBuf,
+    /// The uids that may connect to `pool.sock` (default
+    /// [`PeerPolicy::own_uid`]; add the uids jobs run as).
+    pub peers: PeerPolicy,
 }
 
 pub const DEFAULT_LOG_LIMIT: u64 = 64 << 20;

@@ -59,12 +59,11 @@ pub async fn run_with_health(
     state.set_journal_damage(damage_summary(&hello));
     state.adopt(&hello.running, exit_reports(hello.exited));
     let launcher = Launcher::new(client);
-    let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state)).map_err(|source| {
-        AgentError::DataDir {
+    let relay = PoolRelay::start(&config.data_dir, Arc::clone(&state), config.peers.clone())
+        .map_err(|source| AgentError::DataDir {
             path: config.data_dir.join(crate::pool_relay::POOL_SOCKET_FILE),
             source,
-        }
-    })?;
+        })?;
     let watcher = tokio::spawn(watch_launcher(
         events,
         Arc::clone(&state),

@@ -8,6 +8,10 @@
 //! worker connects) and sends results up in batches: everything the worker
 //! wrote since the last read goes in one `PoolWorkerResults`.
 //!
+//! Only a peer whose uid the policy allows (`SO_PEERCRED`; the agent's
+//! own uid, plus the uids jobs run as) gets as far as presenting a key;
+//! others are closed at once and counted (one log line per interval).
+//!
 //! A worker's exit is reported only after its connection is drained
 //! ([`PoolRelay::drained`]), so the coordinator always sees the results a
 //! worker produced before it sees the worker die.
@@ -17,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use mpctl_node::peer::{PeerPolicy, RefusalLog};
 use mpctl_node::worker_frame;
 use mpctl_proto::v1::{
     agent_message::Msg, agent_to_worker, worker_to_agent, AgentToWorker, PoolTaskResult,
@@ -60,8 +65,12 @@ pub struct PoolRelay {
 
 impl PoolRelay {
     /// Binds the pool socket in `data_dir` (replacing one a previous agent
-    /// left) and starts accepting workers.
-    pub fn start(data_dir: &Path, state: Arc<NodeState>) -> std::io::Result<Arc<PoolRelay>> {
+    /// left) and starts accepting workers from the uids `peers` allows.
+    pub fn start(
+        data_dir: &Path,
+        state: Arc<NodeState>,
+        peers: PeerPolicy,
+    ) -> std::io::Result<Arc<PoolRelay>> {
         let socket = data_dir.join(POOL_SOCKET_FILE);
         match std::fs::remove_file(&socket) {
             Ok(()) => {}
@@ -78,11 +87,19 @@ impl PoolRelay {
         });
         let accepting = Arc::clone(&relay);
         tokio::spawn(async move {
+            let mut refused = RefusalLog::new(POOL_SOCKET_FILE);
             loop {
                 match listener.accept().await {
-                    Ok((stream, _)) => {
-                        tokio::spawn(Arc::clone(&accepting).serve(stream));
-                    }
+                    Ok((stream, _)) => match peers.check(&stream) {
+                        Ok(_) => {
+                            tokio::spawn(Arc::clone(&accepting).serve(stream));
+                        }
+                        Err(refusal) => {
+                            if let Some(line) = refused.record(&refusal) {
+                                tracing::warn!("{line}");
+                            }
+                        }
+                    },
                     Err(e) => {
                         tracing::error!(error = %e, "pool socket accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1,14 +1,19 @@
 //! The agent side: `DIR/launcher.sock` and the one agent connection
-//! ([`Conn`]). Owns [`Token::AgentListener`] and [`Token::Agent`]. A new
-//! connection replaces the old one (after what the old one sent is
-//! handled); while no agent has come yet, a grace period keeps an
-//! otherwise idle launcher alive.
+//! ([`Conn`]). Owns [`Token::AgentListener`] and [`Token::Agent`]. Only a
+//! peer whose uid the agent policy allows (the launcher's own uid) is
+//! accepted (`SO_PEERCRED`); any other is closed at once and counted, and
+//! never touches the current connection. An allowed new connection
+//! replaces the old one (after what the old one sent is handled): the
+//! newest agent connection from the right uid wins, as an agent restart
+//! needs. While no agent has come yet, a grace period keeps an otherwise
+//! idle launcher alive.
 
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
+use mpctl_node::peer::{PeerPolicy, RefusalLog};
 use nix::poll::PollFlags;
 
 use crate::conn::Conn;
@@ -23,15 +28,19 @@ const FIRST_CONNECTION_GRACE: Duration = Duration::from_secs(30);
 
 pub struct AgentLink {
     listener: UnixListener,
+    policy: PeerPolicy,
+    refused: RefusalLog,
     conn: Option<Conn>,
     seen_agent: bool,
     started: Instant,
 }
 
 impl AgentLink {
-    pub fn new(listener: UnixListener) -> AgentLink {
+    pub fn new(listener: UnixListener, policy: PeerPolicy) -> AgentLink {
         AgentLink {
             listener,
+            policy,
+            refused: RefusalLog::new(crate::setup::SOCKET_FILE),
             conn: None,
             seen_agent: false,
             started: Instant::now(),
@@ -68,11 +77,19 @@ impl AgentLink {
         self.conn.is_none() && self.grace_left().is_none_or(|left| left.is_zero())
     }
 
-    /// The next waiting connection, if any.
+    /// The next waiting connection from an allowed peer, if any; others
+    /// are closed (and counted) on the way.
     pub fn accept(&mut self) -> Option<UnixStream> {
         loop {
             match self.listener.accept() {
-                Ok((stream, _)) => return Some(stream),
+                Ok((stream, _)) => match self.policy.check(&stream) {
+                    Ok(_) => return Some(stream),
+                    Err(refusal) => {
+                        if let Some(line) = self.refused.record(&refusal) {
+                            log(format_args!("{line}"));
+                        }
+                    }
+                },
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {

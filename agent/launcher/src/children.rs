@@ -78,6 +78,20 @@ impl Children {
         })
     }
 
+    /// Whether `pid` is a running managed process (one the launcher
+    /// spawned, a forkserver forked or a managed parent handed over).
+    pub fn is_managed_pid(&self, pid: i32) -> bool {
+        self.by_pid.contains_key(&pid)
+    }
+
+    /// Whether the running managed process `pid` has ended, by its pidfd
+    /// (`None`: not a running managed process, or no pidfd to ask).
+    pub fn has_ended(&self, pid: i32) -> Option<bool> {
+        let id = self.by_pid.get(&pid)?;
+        let fd = self.running.get(id)?.pidfd.as_ref()?;
+        mpctl_node::procfs::pidfd_exited(fd).ok()
+    }
+
     /// Spawns the process of `spec` (not through a forkserver).
     pub fn spawn(&mut self, spec: &LaunchSpec) -> Result<Launched, String> {
         let spawned = spawn::spawn(spec)?;

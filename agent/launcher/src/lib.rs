@@ -42,12 +42,13 @@ pub mod spawn;
 
 pub use error::{LaunchError, LauncherError, ProtocolError};
 pub use mpctl_node::adoption::SOCKET_FILE as ADOPT_SOCKET_FILE;
+pub use mpctl_node::peer::PeerPolicy;
 pub use output::truncation_marker;
 pub use protocol::{
     Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunningRecord,
     ToLauncher,
 };
-pub use server::{run, run_persistent};
+pub use server::{run, run_persistent, run_with, Options};
 pub use setup::{create_private_dir, LOCK_FILE, LOG_FILE, SOCKET_FILE};
 
 /// Writes one timestamped line to the launcher's log (its stderr, which is

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mpctl_node::adoption::FromAdopt;
+use mpctl_node::peer::PeerPolicy;
 use mpctl_node::sys::wait;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -68,28 +69,46 @@ impl<'a> Interest<'a> {
     }
 }
 
+/// How a launcher serves its directory.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Never idle: see [`run_persistent`].
+    pub persistent: bool,
+    /// The uids that may use `adopt.sock` (default: the launcher's own).
+    /// `launcher.sock` always takes only the launcher's own uid.
+    pub job_peers: PeerPolicy,
+}
+
 /// Runs the launcher serving `dir` until it is idle: no agent connection,
 /// no running child, no open output pipe. Returns at once (after printing
 /// "ready") when another launcher already serves `dir`.
 pub fn run(dir: &Path) -> Result<(), LauncherError> {
-    serve_dir(dir, false)
+    run_with(dir, &Options::default())
 }
 
 /// [`run`] for a launcher that is its container's main process (started on
 /// its own, not by the agent): it does not exit when idle, only on SIGTERM
 /// or SIGINT with no managed process running.
 pub fn run_persistent(dir: &Path) -> Result<(), LauncherError> {
-    serve_dir(dir, true)
+    run_with(
+        dir,
+        &Options {
+            persistent: true,
+            ..Options::default()
+        },
+    )
 }
 
-fn serve_dir(dir: &Path, persistent: bool) -> Result<(), LauncherError> {
+/// [`run`] with explicit [`Options`].
+pub fn run_with(dir: &Path, options: &Options) -> Result<(), LauncherError> {
+    let persistent = options.persistent;
     let Some(_lock) = setup::lock_dir(dir)? else {
         return setup::announce_ready();
     };
     let sigfd = setup::signals()?;
     let (journal, report) = Journal::open(dir)?;
     let listener = setup::listen(dir)?;
-    let adoption = Adoption::listen(dir)?;
+    let adoption = Adoption::listen(dir, options.job_peers.clone())?;
     setup::ready_and_detach(dir)?;
     log(format_args!(
         "launcher {} serving {}",
@@ -99,7 +118,7 @@ fn serve_dir(dir: &Path, persistent: bool) -> Result<(), LauncherError> {
     journal::log_report(&report);
     let mut launcher = Launcher {
         dir: dir.to_owned(),
-        agent: AgentLink::new(listener),
+        agent: AgentLink::new(listener, PeerPolicy::own_uid()),
         signals: Signals::new(sigfd),
         children: Children::default(),
         forkservers: Forkservers::new(dir),
@@ -342,24 +361,67 @@ impl Launcher {
     }
 
     fn on_adopt(&mut self, k: u64) {
-        for msg in self.adoption.on_ready(k) {
+        let (messages, closed) = self.adoption.on_ready(k);
+        for msg in messages {
             match msg {
                 adoption::Incoming::Adopt { id, pid, fds } => {
-                    let answer = match self.children.adopt(&id, pid, fds) {
+                    let answer = match self.adopt(k, &id, pid, fds) {
                         Ok(launched) => {
                             log(format_args!("adopted {id} as pid {pid}"));
+                            self.adoption.adopted(k, pid);
                             self.agent.send(&FromLauncher::Adopted(launched));
                             FromAdopt::Adopted
                         }
                         Err(error) => {
-                            log(format_args!("adopting {id} (pid {pid}) refused: {error}"));
+                            self.adoption
+                                .refuse(&format_args!("adopting {id} (pid {pid}): {error}"));
                             FromAdopt::Refused { error }
                         }
                     };
                     self.adoption.reply(k, &answer);
                 }
-                adoption::Incoming::Exited { pid, exitcode } => self.child_exited(pid, exitcode),
+                adoption::Incoming::Exited { pid, exitcode } => match self.adopted_exit(k, pid) {
+                    Ok(()) => {
+                        self.adoption.reported(k, pid);
+                        self.child_exited(pid, exitcode);
+                    }
+                    Err(error) => self
+                        .adoption
+                        .refuse(&format_args!("exit {exitcode} refused: {error}")),
+                },
             }
+        }
+        if closed {
+            self.adoption.close(k);
+        }
+    }
+
+    /// The checks of an adoption (docs/node-contract.md §12), then the
+    /// child is tracked.
+    fn adopt(
+        &mut self,
+        k: u64,
+        id: &str,
+        pid: i32,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<crate::protocol::Launched, String> {
+        let parent = self.adoption.check_adopt(k, pid, &fds)?;
+        if !self.children.is_managed_pid(parent) {
+            return Err(format!(
+                "the sender (pid {parent}) is not a managed process of this node"
+            ));
+        }
+        self.children.adopt(id, pid, fds)
+    }
+
+    /// An exit reported on adoption connection `k` is believed only from
+    /// the connection that adopted `pid`, and only once `pid` has ended.
+    fn adopted_exit(&self, k: u64, pid: i32) -> Result<(), String> {
+        self.adoption.owns(k, pid)?;
+        match self.children.has_ended(pid) {
+            Some(true) => Ok(()),
+            Some(false) => Err(format!("pid {pid} is still running")),
+            None => Err(format!("pid {pid} is not a running managed process")),
         }
     }
 

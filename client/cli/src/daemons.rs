@@ -201,6 +201,7 @@ fn agent_config(
             Some(d) => d,
             None => std::env::current_dir().context("cannot read the current directory")?,
         },
+        peers: mpctl_agent::config::PeerPolicy::own_uid(),
     })
 }
 

@@ -36,6 +36,22 @@ fn tell(sock: &OwnedFd, msg: &FromForkserver) {
     }
 }
 
+/// The socket on fd 3 is one end of a socketpair made by the launcher
+/// that started this server (`docs/node-contract.md` §12): its
+/// `SO_PEERCRED` names the pair's maker, which must be this process's
+/// parent. Anything else (a stray `MPCTL_FORKSERVER` over some other
+/// socket) is refused before a preload hook runs.
+fn check_launcher(sock: &OwnedFd) {
+    let parent = nix::unistd::getppid().as_raw();
+    match mpctl_node::peer::peer_of(sock) {
+        Ok(peer) if peer.pid == parent => {}
+        Ok(peer) => die(&format!(
+            "fd {FORKSERVER_FD} is not a socket from this process's launcher (its peer is {peer}, the parent is pid {parent})"
+        )),
+        Err(e) => die(&format!("fd {FORKSERVER_FD}: peer credentials: {e}")),
+    }
+}
+
 pub fn serve(runtime: &Runtime, fd: &str) -> ! {
     if fd != FORKSERVER_FD.to_string() {
         die(&format!("{ENV_FORKSERVER} is {fd:?}, expected {FORKSERVER_FD}; was this program started by an mpctl launcher?"));
@@ -47,6 +63,7 @@ pub fn serve(runtime: &Runtime, fd: &str) -> ! {
     #[allow(clippy::disallowed_methods)]
     std::env::remove_var(ENV_PRELOAD);
     let sock = sys::forkserver_socket(FORKSERVER_FD).unwrap_or_else(|e| die(&e.to_string()));
+    check_launcher(&sock);
 
     for name in preload.split(',').filter(|n| !n.is_empty()) {
         let Some(hook) = runtime.preloads.get(name) else {

@@ -15,6 +15,9 @@
 //!   adoption sockets; [`seqpacket`] sends and receives them with their
 //!   descriptors.
 //! - [`worker_frame`]: framing on the pool socket (agent ↔ pool worker).
+//! - [`peer`]: who connected to a node-local socket (`SO_PEERCRED`), the
+//!   uids allowed, throttled refusal logging; [`procfs`]: parent pids and
+//!   pidfd state, for the adoption checks.
 //! - [`sys`]: the only `unsafe` code of mpctl, one small module per concern
 //!   (pidfds and signals, descriptors, waiting, fork, what runs between fork
 //!   and exec), each block with a `// SAFETY:` comment.
@@ -25,11 +28,14 @@ pub mod env;
 pub mod exitcode;
 pub mod forkserver;
 pub mod limits;
+pub mod peer;
 pub mod preparation;
+pub mod procfs;
 pub mod seqpacket;
 pub mod sys;
 pub mod worker_frame;
 
 pub use exitcode::exitcode;
 pub use limits::Limits;
+pub use peer::{Peer, PeerPolicy, Refusal, RefusalLog};
 pub use preparation::{Preparation, PreparationError, Security, StartMethod, MAX_ARGS, MAX_RESULT};
