@@ -25,6 +25,45 @@ pub struct AgentConfig {
     pub default_log_limit: u64,
     /// Working directory of processes whose start gives none.
     pub work_dir: PathBuf,
+    /// `--run-as USER`: every job (and forkserver) runs as this user, so
+    /// the authkey file and the node credential (0600, the agent's user)
+    /// are unreadable to it. `None`: jobs run as the agent's user.
+    pub run_as: Option<RunAsUser>,
+}
+
+/// A user jobs run as, resolved from the user database at start-up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAsUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl RunAsUser {
+    /// Looks `name` up (a user name, or a numeric uid) and checks that this
+    /// agent can switch to it (it runs as root, or already as that user).
+    pub fn resolve(name: &str) -> Result<RunAsUser, String> {
+        let user = match name.parse::<u32>() {
+            Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+            Err(_) => nix::unistd::User::from_name(name),
+        }
+        .map_err(|e| format!("--run-as {name}: cannot read the user database: {e}"))?
+        .ok_or_else(|| {
+            format!("--run-as {name}: no such user on this node (add it to /etc/passwd, or give a uid)")
+        })?;
+        let me = nix::unistd::geteuid();
+        if !me.is_root() && me != user.uid {
+            return Err(format!(
+                "--run-as {name}: the agent runs as uid {me}, which cannot switch to uid {}; run the agent (and its launcher) as root",
+                user.uid
+            ));
+        }
+        Ok(RunAsUser {
+            name: user.name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        })
+    }
 }
 
 pub const DEFAULT_LOG_LIMIT: u64 = 64 << 20;

@@ -46,6 +46,11 @@ pub enum Op {
     Process(Box<(ProcessInfo, StartRequest)>),
     Agent(AgentInfo),
     NextNumber(u64),
+    /// A node credential's SHA-256 and when it was issued; `None` forgets it.
+    NodeCredential {
+        name: String,
+        hash: Option<([u8; 32], i64)>,
+    },
 }
 
 /// A message to an agent session, sent after the batch is durable.
@@ -97,6 +102,8 @@ pub struct Loaded {
     pub processes: Vec<(ProcessInfo, StartRequest)>,
     pub agents: Vec<AgentInfo>,
     pub next_number: u64,
+    /// `(node name, SHA-256 of its credential, issued at unix ms)`.
+    pub node_credentials: Vec<(String, [u8; 32], i64)>,
 }
 
 #[derive(Clone)]
@@ -147,6 +154,11 @@ CREATE INDEX IF NOT EXISTS processes_state ON processes(state);
 CREATE TABLE IF NOT EXISTS agents (
     name TEXT PRIMARY KEY,
     info BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_credentials (
+    name TEXT PRIMARY KEY,
+    hash BLOB NOT NULL,
+    issued_unix_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -260,10 +272,33 @@ fn load(conn: &Connection, path: &Path) -> Result<Loaded, StoreError> {
             e => Err(e),
         })
         .map_err(err)?;
+    let mut node_credentials = Vec::new();
+    let mut stmt = conn
+        .prepare("SELECT name, hash, issued_unix_ms FROM node_credentials ORDER BY name")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(err)?;
+    for row in rows {
+        let (name, hash, issued) = row.map_err(err)?;
+        let hash: [u8; 32] = hash.try_into().map_err(|h: Vec<u8>| StoreError::Corrupt {
+            path: path.to_owned(),
+            id: name.clone(),
+            reason: format!("node credential hash of {} bytes, not 32", h.len()),
+        })?;
+        node_credentials.push((name, hash, issued));
+    }
     Ok(Loaded {
         processes,
         agents,
         next_number: next_number.max(1) as u64,
+        node_credentials,
     })
 }
 
@@ -336,6 +371,11 @@ fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
             tx.prepare_cached("INSERT OR REPLACE INTO agents (name, info) VALUES (?1, ?2)")?;
         let mut put_meta =
             tx.prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)")?;
+        let mut put_credential = tx.prepare_cached(
+            "INSERT OR REPLACE INTO node_credentials (name, hash, issued_unix_ms) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut forget_credential =
+            tx.prepare_cached("DELETE FROM node_credentials WHERE name = ?1")?;
         // Later rows for the same key win; write each key once.
         let mut last_process: HashMap<&str, &(ProcessInfo, StartRequest)> = HashMap::new();
         let mut order = Vec::new();
@@ -352,6 +392,15 @@ fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
                     }
                     Op::NextNumber(n) => {
                         put_meta.execute(params!["next_number", *n as i64])?;
+                    }
+                    Op::NodeCredential {
+                        name,
+                        hash: Some((hash, issued)),
+                    } => {
+                        put_credential.execute(params![name, hash.as_slice(), issued])?;
+                    }
+                    Op::NodeCredential { name, hash: None } => {
+                        forget_credential.execute(params![name])?;
                     }
                 }
             }

@@ -44,7 +44,8 @@ pub use error::{LaunchError, LauncherError, ProtocolError};
 pub use mpctl_node::adoption::SOCKET_FILE as ADOPT_SOCKET_FILE;
 pub use output::truncation_marker;
 pub use protocol::{
-    Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunningRecord,
+    Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunAs,
+    RunningRecord,
     ToLauncher,
 };
 pub use server::{run, run_persistent};

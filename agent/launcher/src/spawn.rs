@@ -93,6 +93,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+    run_as(&mut cmd, spec.run_as);
     spawn::clean_signals(&mut cmd);
     let limits = limits(spec);
     if !limits.is_none() {
@@ -186,6 +187,15 @@ pub fn forkserver_child(spec: &LaunchSpec) -> Result<([OwnedFd; 4], Vec<OutPipe>
         [out_write, err_write, boot.child_prep, boot.child_result],
         pipes,
     ))
+}
+
+/// The child drops to `run_as`: std's `Command` calls `setgroups(0)` (when
+/// the launcher is root), `setgid`, then `setuid` in the child before exec,
+/// and the spawn fails with the OS reason if any of them does.
+pub fn run_as(cmd: &mut Command, run_as: Option<crate::protocol::RunAs>) {
+    if let Some(r) = run_as {
+        cmd.uid(r.uid).gid(r.gid);
+    }
 }
 
 /// The rlimits of `spec`.

@@ -89,8 +89,8 @@ pub enum Command {
     Logs(query::LogsArgs),
     /// Run one command per input line on a pool of workers (a command pool)
     Map(map::MapArgs),
-    /// List the cluster's agents
-    Agents(query::FormatArgs),
+    /// List the cluster's agents (or `agents forget NAME`)
+    Agents(query::AgentsArgs),
     /// Run a coordinator and an agent in the foreground for this machine
     Dev(daemons::DevArgs),
     /// Run a coordinator
