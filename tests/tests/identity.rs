@@ -264,3 +264,61 @@ async fn the_root_authkey_reaches_no_child() {
         .into_inner();
     assert_eq!(joined.process.unwrap().exitcode, Some(-9));
 }
+
+/// Needs root (the agent switches users); the test suite runs as root in CI
+/// and in the containers. As another user it says so and checks nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_run_as_nobody_jobs_cannot_read_the_key_or_the_node_credential() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: --run-as needs the agent to run as root; this test ran as uid {}", nix::unistd::geteuid());
+        return;
+    }
+    let tc = TestCluster::start(Default::default());
+    let mut cmd = tc.command();
+    cmd.env_remove("MPCTL_ADDR").args([
+        "agent",
+        "--server",
+        &tc.addr,
+        "--name",
+        "n1",
+        "--data-dir",
+        tc.agent_dir("n1").to_str().unwrap(),
+        "--work-dir",
+        "/",
+        "--run-as",
+        "nobody",
+    ]);
+    let agent = Daemon::spawn(cmd);
+    agent.wait_line("registered with the coordinator", READY);
+    let credential = tc.agent_dir("n1").join("node.credential");
+    assert!(credential.exists());
+    let c = tc.client().await;
+    let mut other = Process::new(&c, ["true"]);
+    other.start().await.unwrap();
+    let secrets = vec![
+        tc.key_path.to_string_lossy().into_owned(),
+        credential.to_string_lossy().into_owned(),
+    ];
+    let mut job = Process::function(&c, "job_probe", &(other.id().unwrap().to_owned(), secrets.clone()))
+        .unwrap()
+        .program(WORKER);
+    job.start().await.unwrap();
+    job.join(Some(Duration::from_secs(60))).await.unwrap();
+    assert_eq!(
+        job.exitcode(),
+        Some(0),
+        "{}",
+        mpctl_tests::output(&job, mpctl::LogStream::Stderr).await
+    );
+    let probe: Value = job.result().unwrap().unwrap();
+    assert_eq!(probe["uid"], 65534);
+    assert_eq!(probe["gid"], 65534);
+    assert_eq!(
+        probe["opened"],
+        serde_json::json!([[secrets[0], libc::EACCES], [secrets[1], libc::EACCES]])
+    );
+    // Its own child ran (as nobody too) and joined with its real code.
+    assert_eq!(probe["child_exitcode"], 5);
+    c.close().await;
+    drop(agent);
+}
