@@ -40,8 +40,9 @@ pub struct RunAsUser {
 }
 
 impl RunAsUser {
-    /// Looks `name` up (a user name, or a numeric uid) and checks that this
-    /// agent can switch to it (it runs as root, or already as that user).
+    /// Looks `name` up (a user name, or a numeric uid). Switching to it is
+    /// the launcher's (which may run in another container): it needs root
+    /// or CAP_SETUID + CAP_SETGID, else each launch fails saying so.
     pub fn resolve(name: &str) -> Result<RunAsUser, String> {
         let user = match name.parse::<u32>() {
             Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
@@ -49,15 +50,10 @@ impl RunAsUser {
         }
         .map_err(|e| format!("--run-as {name}: cannot read the user database: {e}"))?
         .ok_or_else(|| {
-            format!("--run-as {name}: no such user on this node (add it to /etc/passwd, or give a uid)")
+            format!(
+                "--run-as {name}: no such user on this node (add it to /etc/passwd, or give a uid)"
+            )
         })?;
-        let me = nix::unistd::geteuid();
-        if !me.is_root() && me != user.uid {
-            return Err(format!(
-                "--run-as {name}: the agent runs as uid {me}, which cannot switch to uid {}; run the agent (and its launcher) as root",
-                user.uid
-            ));
-        }
         Ok(RunAsUser {
             name: user.name,
             uid: user.uid.as_raw(),

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use futures::Stream;
 use mpctl_proto::v1::{
-    process_manager_server::ProcessManager, ForgetAgentRequest, ForgetAgentResponse, GetRequest, JoinRequest, JoinResponse,
-    ListAgentsRequest, ListAgentsResponse, ListRequest, ListResponse, LogChunk, LogStream,
-    LogsRequest, ProcessInfo, SignalRequest, StartRequest, StartResponse, WaitMode, WaitRequest,
-    WaitResponse,
+    process_manager_server::ProcessManager, ForgetAgentRequest, ForgetAgentResponse, GetRequest,
+    JoinRequest, JoinResponse, ListAgentsRequest, ListAgentsResponse, ListRequest, ListResponse,
+    LogChunk, LogStream, LogsRequest, ProcessInfo, SignalRequest, StartRequest, StartResponse,
+    WaitMode, WaitRequest, WaitResponse,
 };
 use tonic::{Request, Response, Status};
 

@@ -39,7 +39,7 @@ pub fn caller<T>(core: &Core, req: &Request<T>) -> Result<Caller, Status> {
             Ok(Caller::Job(id.clone()))
         }
         Some(id) => Err(Status::permission_denied(format!(
-            "this endpoint is for client connections; this connection authenticated as {}",
+            "this endpoint is for client connections; this connection authenticated as {} (an agent key cannot be used by a client, and vice versa)",
             id.role
         ))),
         None => Err(Status::permission_denied(

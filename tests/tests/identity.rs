@@ -97,7 +97,10 @@ async fn a_node_that_lost_its_data_dir_comes_back_after_forget() {
     let c = tc.client().await;
     let deadline = std::time::Instant::now() + READY;
     while c.agents().await.unwrap()[0].state.as_str() == "ready" {
-        assert!(std::time::Instant::now() < deadline, "n1 never disconnected");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n1 never disconnected"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Not connected, but its credential is still required.
@@ -139,7 +142,12 @@ async fn a_job_acts_only_on_its_own_subtree_and_cannot_register_as_an_agent() {
     job.start().await.unwrap();
     let job_id = job.id().unwrap().to_owned();
     job.join(Some(Duration::from_secs(60))).await.unwrap();
-    assert_eq!(job.exitcode(), Some(0), "{}", mpctl_tests::output(&job, mpctl::LogStream::Stderr).await);
+    assert_eq!(
+        job.exitcode(),
+        Some(0),
+        "{}",
+        mpctl_tests::output(&job, mpctl::LogStream::Stderr).await
+    );
     let probe: Value = job.result().unwrap().unwrap();
     assert_eq!(
         probe["register"],
@@ -160,7 +168,10 @@ async fn a_job_acts_only_on_its_own_subtree_and_cannot_register_as_an_agent() {
     assert_eq!(probe["child_exitcode"], 5);
     // Its child is its own, and nothing happened to the other process.
     let all = c.list(true).await.unwrap();
-    let child = all.iter().find(|p| p.parent_id == job_id).expect("its child");
+    let child = all
+        .iter()
+        .find(|p| p.parent_id == job_id)
+        .expect("its child");
     assert_eq!(child.exitcode, Some(5));
     assert_eq!(c.get(&other_id).await.unwrap().state, ProcessState::Started);
 
@@ -194,7 +205,10 @@ async fn a_job_acts_only_on_its_own_subtree_and_cannot_register_as_an_agent() {
 async fn the_root_authkey_reaches_no_child() {
     let tc = TestCluster::with_agent(2);
     let key = mpctl::AuthKey::load(&tc.key_path).unwrap();
-    let key_hex = std::fs::read_to_string(&tc.key_path).unwrap().trim().to_owned();
+    let key_hex = std::fs::read_to_string(&tc.key_path)
+        .unwrap()
+        .trim()
+        .to_owned();
     let key_raw: Vec<u8> = (0..32)
         .map(|i| u8::from_str_radix(&key_hex[2 * i..2 * i + 2], 16).unwrap())
         .collect();
@@ -228,7 +242,10 @@ async fn the_root_authkey_reaches_no_child() {
         .unwrap()
         .into_inner();
     let info = started.process.unwrap();
-    assert!(started.job_key.is_empty(), "only a forking job gets a child key");
+    assert!(
+        started.job_key.is_empty(),
+        "only a forking job gets a child key"
+    );
     let mut prep = Vec::new();
     std::fs::File::open(&out)
         .unwrap()
@@ -240,9 +257,16 @@ async fn the_root_authkey_reaches_no_child() {
     assert_eq!(prep_json["id"], info.id);
     assert_eq!(prep_json["job_key"], key.job_key(&info.id).expose_hex());
     assert!(prep_json.get("authkey").is_none(), "{prep_json}");
-    for (what, bytes) in [("preparation data", &prep), ("environ", &environ), ("cmdline", &cmdline)] {
+    for (what, bytes) in [
+        ("preparation data", &prep),
+        ("environ", &environ),
+        ("cmdline", &cmdline),
+    ] {
         let text = String::from_utf8_lossy(bytes).to_lowercase();
-        assert!(!text.contains(&key_hex.to_lowercase()), "the authkey (hex) is in the child's {what}");
+        assert!(
+            !text.contains(&key_hex.to_lowercase()),
+            "the authkey (hex) is in the child's {what}"
+        );
         assert!(
             !bytes.windows(32).any(|w| w == key_raw.as_slice()),
             "the authkey (raw) is in the child's {what}"
@@ -270,7 +294,10 @@ async fn the_root_authkey_reaches_no_child() {
 #[tokio::test(flavor = "multi_thread")]
 async fn with_run_as_nobody_jobs_cannot_read_the_key_or_the_node_credential() {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: --run-as needs the agent to run as root; this test ran as uid {}", nix::unistd::geteuid());
+        eprintln!(
+            "SKIPPED: --run-as needs the agent to run as root; this test ran as uid {}",
+            nix::unistd::geteuid()
+        );
         return;
     }
     let tc = TestCluster::start(Default::default());
@@ -299,9 +326,13 @@ async fn with_run_as_nobody_jobs_cannot_read_the_key_or_the_node_credential() {
         tc.key_path.to_string_lossy().into_owned(),
         credential.to_string_lossy().into_owned(),
     ];
-    let mut job = Process::function(&c, "job_probe", &(other.id().unwrap().to_owned(), secrets.clone()))
-        .unwrap()
-        .program(WORKER);
+    let mut job = Process::function(
+        &c,
+        "job_probe",
+        &(other.id().unwrap().to_owned(), secrets.clone()),
+    )
+    .unwrap()
+    .program(WORKER);
     job.start().await.unwrap();
     job.join(Some(Duration::from_secs(60))).await.unwrap();
     assert_eq!(

@@ -65,12 +65,8 @@ pub async fn connect_job(
             reason: e.to_string(),
         }
     })?;
-    let mut connector = Connector::with_key(
-        addr,
-        RoleKey::from_job_key(job_key),
-        Role::Job,
-        security,
-    )?;
+    let mut connector =
+        Connector::with_key(addr, RoleKey::from_job_key(job_key), Role::Job, security)?;
     connector.job_id = Some(Arc::from(process_id));
     let first = connector.establish().await?;
     connector.put_first(first);

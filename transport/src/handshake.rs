@@ -173,13 +173,13 @@ where
     hello[MAGIC.len() + 1..].copy_from_slice(&nonce_c);
     io.write_all(&hello).await.map_err(io_err)?;
     if role == Role::Job {
-        let id = job_id.filter(|id| valid_job_id(id.as_bytes())).ok_or_else(|| {
-            TransportError::Protocol {
+        let id = job_id
+            .filter(|id| valid_job_id(id.as_bytes()))
+            .ok_or_else(|| TransportError::Protocol {
                 addr: peer.to_string(),
                 reason: "a job connection needs its process id (1 to 64 of [0-9A-Za-z_-])"
                     .to_string(),
-            }
-        })?;
+            })?;
         io.write_all(&[id.len() as u8]).await.map_err(io_err)?;
         io.write_all(id.as_bytes()).await.map_err(io_err)?;
     }

@@ -152,9 +152,13 @@ impl Forkservers {
         spawn::run_as(&mut cmd, key.2);
         pre_exec::clean_signals(&mut cmd);
         pre_exec::fds_at(&mut cmd, vec![(theirs.as_raw_fd(), FORKSERVER_FD)]);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start the forkserver {:?}: {e}", key.0))?;
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start the forkserver {:?}: {}",
+                key.0,
+                spawn::run_as_error(key.2, e)
+            )
+        })?;
         drop(theirs);
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
         nix::fcntl::fcntl(

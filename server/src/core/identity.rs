@@ -143,7 +143,8 @@ impl NodeIdentities {
                 let h = self.holders.get(name).copied();
                 return Err(Refused::Held {
                     name: name.to_owned(),
-                    registered: h.map_or_else(|| "an earlier time".into(), |h| rfc3339(h.registered_ms)),
+                    registered: h
+                        .map_or_else(|| "an earlier time".into(), |h| rfc3339(h.registered_ms)),
                     remote: h.map_or_else(|| "an unknown address".into(), |h| h.remote.to_string()),
                 });
             }
@@ -253,7 +254,10 @@ mod tests {
         assert_eq!(ids.forget("n1", false), Ok(false));
         assert!(matches!(
             ids.admit("n1", &[7; 32], false, addr(1), || Some([9; 32]), 0),
-            Ok(Admitted::Issue { secret: [9; 32], .. })
+            Ok(Admitted::Issue {
+                secret: [9; 32],
+                ..
+            })
         ));
     }
 
