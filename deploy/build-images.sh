@@ -93,8 +93,8 @@ skeleton() {
         fi
     done
     chmod 1777 "$root/tmp"
-    printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nmpctl:x:%d:%d:mpctl:/home/mpctl:/usr/sbin/nologin\n' $uid $uid >"$root/etc/passwd"
-    printf 'root:x:0:\nmpctl:x:%d:\n' $uid >"$root/etc/group"
+    printf 'root:x:0:0:root:/root:/usr/sbin/nologin\nmpctl:x:%d:%d:mpctl:/home/mpctl:/usr/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n' $uid $uid >"$root/etc/passwd"
+    printf 'root:x:0:\nmpctl:x:%d:\nnogroup:x:65534:\n' $uid >"$root/etc/group"
     printf 'passwd: files\ngroup: files\nhosts: files dns\n' >"$root/etc/nsswitch.conf"
     chown $uid:$uid "$root/home/mpctl" "$root/${data#/}"
     chmod 0750 "$root/home/mpctl" "$root/${data#/}"

@@ -20,6 +20,12 @@ pub enum AgentError {
         #[source]
         source: mpctl_transport::TransportError,
     },
+    #[error("node credential {path}: {source}")]
+    Credential {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Health(#[from] mpctl_transport::health::HealthError),
     #[error("session with the coordinator at {server} ended: {status}")]
@@ -39,6 +45,7 @@ impl AgentError {
                     | mpctl_transport::TransportError::ServerNotAuthenticated { .. }
                     | mpctl_transport::TransportError::RoleRefused { .. }
             ),
+            AgentError::Credential { .. } => true,
             AgentError::Session { status, .. } => {
                 matches!(
                     status.code(),

@@ -26,6 +26,7 @@ pub mod config;
 pub mod daemon;
 mod error;
 mod health;
+pub mod identity;
 pub mod launcher;
 pub mod logs;
 mod output_watch;

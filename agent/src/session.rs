@@ -55,8 +55,14 @@ pub async fn run(ctx: &Ctx) -> Result<(), AgentError> {
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let (tx, rx) = mpsc::unbounded_channel::<AgentMessage>();
+    let node_credential =
+        crate::identity::load(&cfg.data_dir).map_err(|source| AgentError::Credential {
+            path: crate::identity::path(&cfg.data_dir),
+            source,
+        })?;
     let (running, exited, journal_damage) = ctx.state.open_session(tx.clone());
     let register = Register {
+        node_credential,
         name: cfg.name.clone(),
         slots: cfg.slots,
         labels: cfg.labels.clone(),
@@ -130,6 +136,17 @@ async fn serve(
         };
         match msg.msg {
             Some(FromCoordinator::Registered(r)) => {
+                if !r.node_credential.is_empty() {
+                    // Kept before anything else: the next registration needs it.
+                    let dir = &ctx.config.data_dir;
+                    crate::identity::store(dir, &r.node_credential).map_err(|source| {
+                        AgentError::Credential {
+                            path: crate::identity::path(dir),
+                            source,
+                        }
+                    })?;
+                    tracing::info!(agent = %ctx.config.name, "issued a node credential; kept in {}", crate::identity::path(dir).display());
+                }
                 tracing::info!(agent = %ctx.config.name, %server, "registered with the coordinator");
                 ctx.state.registered();
                 let every = Duration::from_millis(r.heartbeat_interval_ms.clamp(100, 60_000));
@@ -342,7 +359,12 @@ fn target(config: &AgentConfig, relay: &PoolRelay, l: &Launch) -> Result<Target,
                 args,
             )
             .parent(&l.parent_id)
-            .coordinator(&config.server, security, config.authkey.expose_hex())
+            // The job's own key, never the authkey (docs/design.md §2).
+            .coordinator(
+                &config.server,
+                security,
+                config.authkey.job_key(&l.process_id).expose_hex(),
+            )
             .adopt_socket(adopt_socket.to_string_lossy());
             if let Some(w) = &f.pool_worker {
                 prep = prep.pool_worker(
@@ -419,6 +441,10 @@ async fn launch_inner(
         forkserver: target.forkserver,
         memory_limit: l.limits.map_or(0, |x| x.memory_bytes),
         cpu_limit: l.limits.map_or(0, |x| x.cpu_seconds),
+        run_as: config.run_as.as_ref().map(|u| mpctl_launcher::RunAs {
+            uid: u.uid,
+            gid: u.gid,
+        }),
     };
     let client = launcher.get().await;
     match client.launch(spec).await {

@@ -86,6 +86,7 @@ impl Node {
             forkserver: None,
             memory_limit: 0,
             cpu_limit: 0,
+            run_as: None,
         }
     }
 

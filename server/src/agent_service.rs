@@ -55,12 +55,19 @@ impl AgentService for AgentSessions {
         };
         validate::register(&reg)?;
         let name = reg.name.clone();
+        // Before anything of it touches the table: a rival of a live node
+        // is refused here and the live session is left alone.
+        let issued = self
+            .core
+            .admit_node(&name, &reg.node_credential, peer.remote_addr)
+            .await?;
         // Unbounded: see `core::outbox` for why the channel to an agent is.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let _ = tx.send(CoordinatorMessage {
             msg: Some(ToAgent::Registered(Registered {
                 heartbeat_interval_ms: self.core.timings.heartbeat.as_millis() as u64,
                 lease_ms: self.core.timings.lease.as_millis() as u64,
+                node_credential: issued.map(|s| s.to_vec()).unwrap_or_default(),
             })),
         });
         let generation = self.core.register(wire::registration(reg), tx).await?;

@@ -118,7 +118,7 @@ impl Coordinator {
         let auth = ServerAuth::new(
             &config.authkey,
             config.security,
-            &[Role::Client, Role::Agent],
+            &[Role::Client, Role::Agent, Role::Job],
         )?;
         let (store, loaded) = Store::open(&db_path)?;
         let now = tokio::time::Instant::now();
@@ -136,6 +136,7 @@ impl Coordinator {
             loaded.next_number,
         );
         let core = Core::new(table, store, config.timings);
+        core.restore_node_credentials(loaded.node_credentials);
         core.start_lease_clocks();
         let pools = Pools::new(Arc::clone(&core));
 
@@ -170,6 +171,7 @@ impl Coordinator {
             .add_service(reflection)
             .add_service(ProcessManagerServer::new(ProcessService {
                 core: Arc::clone(&core),
+                authkey: config.authkey.clone(),
             }))
             .add_service(
                 AgentServiceServer::new(AgentSessions {

@@ -31,6 +31,7 @@ pub mod daemon;
 pub mod health;
 pub mod pool;
 pub mod process_service;
+pub mod scope;
 pub mod store;
 pub mod validate;
 pub mod wire;

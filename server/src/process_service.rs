@@ -1,5 +1,6 @@
 //! `ProcessManager`: the gRPC surface clients use. Thin: authenticate the
-//! role, bound the input ([`crate::validate`]), translate ([`crate::wire`]),
+//! role and scope the caller ([`crate::scope`]: a job acts on its own
+//! subtree only), bound the input ([`crate::validate`]), translate ([`crate::wire`]),
 //! call [`Core`].
 
 use std::pin::Pin;
@@ -9,20 +10,23 @@ use std::time::Duration;
 
 use futures::Stream;
 use mpctl_proto::v1::{
-    process_manager_server::ProcessManager, GetRequest, JoinRequest, JoinResponse,
-    ListAgentsRequest, ListAgentsResponse, ListRequest, ListResponse, LogChunk, LogStream,
-    LogsRequest, ProcessInfo, SignalRequest, StartRequest, StartResponse, WaitMode, WaitRequest,
-    WaitResponse,
+    process_manager_server::ProcessManager, ForgetAgentRequest, ForgetAgentResponse, GetRequest,
+    JoinRequest, JoinResponse, ListAgentsRequest, ListAgentsResponse, ListRequest, ListResponse,
+    LogChunk, LogStream, LogsRequest, ProcessInfo, SignalRequest, StartRequest, StartResponse,
+    WaitMode, WaitRequest, WaitResponse,
 };
-use mpctl_transport::{require_role, Role};
 use tonic::{Request, Response, Status};
 
 use crate::core::logs::{LogReader, Offsets};
 use crate::core::{Core, CoreError};
+use crate::scope::{caller, client_only, own_lineage, own_subtree, Caller};
 use crate::{validate, wire};
 
 pub struct ProcessService {
     pub core: Arc<Core>,
+    /// The cluster's authkey, only to derive the job key a forking job
+    /// hands its fork child (never sent anywhere else).
+    pub authkey: mpctl_transport::AuthKey,
 }
 
 fn timeout(ms: Option<u64>) -> Option<Duration> {
@@ -59,8 +63,18 @@ impl Drop for LogsStream {
 #[tonic::async_trait]
 impl ProcessManager for ProcessService {
     async fn start(&self, req: Request<StartRequest>) -> Result<Response<StartResponse>, Status> {
-        require_role(&req, Role::Client)?;
-        let req = req.into_inner();
+        let who = caller(&self.core, &req)?;
+        let mut req = req.into_inner();
+        if let Caller::Job(me) = &who {
+            if !req.parent_id.is_empty() && &req.parent_id != me {
+                return Err(Status::permission_denied(format!(
+                    "process {me} may start only its own children; this start names parent {}",
+                    req.parent_id
+                )));
+            }
+            req.parent_id = me.clone();
+        }
+        let fork = req.start_method == mpctl_proto::v1::StartMethod::Fork as i32;
         if req
             .function
             .as_ref()
@@ -70,34 +84,46 @@ impl ProcessManager for ProcessService {
         }
         validate::start_request(&req)?;
         let process = self.core.start(wire::start_spec(req)).await?;
+        // A forking job makes its child itself: it hands it the child's own key.
+        let job_key = match who {
+            Caller::Job(_) if fork => self.authkey.job_key(&process.id).expose_bytes().to_vec(),
+            _ => Vec::new(),
+        };
         Ok(Response::new(StartResponse {
             process: Some(wire::process_info(&process)),
+            job_key,
         }))
     }
 
     async fn get(&self, req: Request<GetRequest>) -> Result<Response<ProcessInfo>, Status> {
-        require_role(&req, Role::Client)?;
+        let who = caller(&self.core, &req)?;
+        own_lineage(&self.core, &who, &req.get_ref().id, "look at")?;
         Ok(Response::new(wire::process_info(
             &self.core.get(&req.get_ref().id)?,
         )))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        require_role(&req, Role::Client)?;
+        let who = caller(&self.core, &req)?;
         let r = req.into_inner();
         Ok(Response::new(ListResponse {
             processes: self
                 .core
                 .list(r.all, &r.node)
                 .iter()
+                .filter(|p| match &who {
+                    Caller::Client => true,
+                    Caller::Job(me) => self.core.descends_from(&p.id, me),
+                })
                 .map(wire::process_info)
                 .collect(),
         }))
     }
 
     async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
-        require_role(&req, Role::Client)?;
+        let who = caller(&self.core, &req)?;
         let r = req.into_inner();
+        own_lineage(&self.core, &who, &r.id, "join")?;
         let (process, timed_out) = self.core.join(&r.id, timeout(r.timeout_ms)).await?;
         Ok(Response::new(JoinResponse {
             process: Some(wire::process_info(&process)),
@@ -106,8 +132,11 @@ impl ProcessManager for ProcessService {
     }
 
     async fn wait(&self, req: Request<WaitRequest>) -> Result<Response<WaitResponse>, Status> {
-        require_role(&req, Role::Client)?;
+        let who = caller(&self.core, &req)?;
         let r = req.into_inner();
+        for id in &r.ids {
+            own_lineage(&self.core, &who, id, "wait for")?;
+        }
         let all = r.mode == WaitMode::All as i32;
         let ready = self.core.wait(&r.ids, timeout(r.timeout_ms), all).await?;
         Ok(Response::new(WaitResponse {
@@ -119,15 +148,17 @@ impl ProcessManager for ProcessService {
         &self,
         req: Request<SignalRequest>,
     ) -> Result<Response<ProcessInfo>, Status> {
-        require_role(&req, Role::Client)?;
+        let who = caller(&self.core, &req)?;
         let r = req.into_inner();
+        own_subtree(&self.core, &who, &r.id, "terminate")?;
         let p = self.core.signal(&r.id, libc::SIGTERM, r.tree).await?;
         Ok(Response::new(wire::process_info(&p)))
     }
 
     async fn kill(&self, req: Request<SignalRequest>) -> Result<Response<ProcessInfo>, Status> {
-        require_role(&req, Role::Client)?;
+        let who = caller(&self.core, &req)?;
         let r = req.into_inner();
+        own_subtree(&self.core, &who, &r.id, "kill")?;
         let p = self.core.signal(&r.id, libc::SIGKILL, r.tree).await?;
         Ok(Response::new(wire::process_info(&p)))
     }
@@ -135,8 +166,9 @@ impl ProcessManager for ProcessService {
     type LogsStream = LogsStream;
 
     async fn logs(&self, req: Request<LogsRequest>) -> Result<Response<LogsStream>, Status> {
-        require_role(&req, Role::Client)?;
+        let who = caller(&self.core, &req)?;
         let r = req.into_inner();
+        own_subtree(&self.core, &who, &r.id, "read the output of")?;
         let stream = LogStream::try_from(r.stream).unwrap_or(LogStream::Both);
         let from = Offsets {
             stdout: r.stdout_offset,
@@ -155,9 +187,25 @@ impl ProcessManager for ProcessService {
         &self,
         req: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        require_role(&req, Role::Client)?;
+        client_only(&caller(&self.core, &req)?, "listing agents")?;
         Ok(Response::new(ListAgentsResponse {
             agents: self.core.agents(wire::agent_info),
         }))
+    }
+
+    async fn forget_agent(
+        &self,
+        req: Request<ForgetAgentRequest>,
+    ) -> Result<Response<ForgetAgentResponse>, Status> {
+        client_only(&caller(&self.core, &req)?, "forgetting an agent")?;
+        let name = &req.get_ref().name;
+        if name.is_empty() || name.len() > validate::MAX_NAME {
+            return Err(Status::invalid_argument(format!(
+                "agent name must be 1 to {} bytes",
+                validate::MAX_NAME
+            )));
+        }
+        let had_credential = self.core.forget_agent(name).await?;
+        Ok(Response::new(ForgetAgentResponse { had_credential }))
     }
 }

@@ -74,6 +74,11 @@ pub enum Op {
     DeleteProcess(String),
     /// An agent row that must not exist (a rolled-back first registration).
     DeleteAgent(String),
+    /// A node credential's SHA-256 and when it was issued; `None` forgets it.
+    NodeCredential {
+        name: String,
+        hash: Option<([u8; 32], i64)>,
+    },
 }
 
 /// A message to an agent session, sent after the batch is durable.
@@ -153,6 +158,8 @@ pub struct Loaded {
     pub processes: Vec<(ProcessInfo, StartRequest)>,
     pub agents: Vec<AgentInfo>,
     pub next_number: u64,
+    /// `(node name, SHA-256 of its credential, issued at unix ms)`.
+    pub node_credentials: Vec<(String, [u8; 32], i64)>,
 }
 
 #[derive(Clone)]
@@ -204,6 +211,11 @@ CREATE INDEX IF NOT EXISTS processes_state ON processes(state);
 CREATE TABLE IF NOT EXISTS agents (
     name TEXT PRIMARY KEY,
     info BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS node_credentials (
+    name TEXT PRIMARY KEY,
+    hash BLOB NOT NULL,
+    issued_unix_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -361,10 +373,33 @@ fn load(conn: &Connection, path: &Path) -> Result<Loaded, StoreError> {
             e => Err(e),
         })
         .map_err(err)?;
+    let mut node_credentials = Vec::new();
+    let mut stmt = conn
+        .prepare("SELECT name, hash, issued_unix_ms FROM node_credentials ORDER BY name")
+        .map_err(err)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .map_err(err)?;
+    for row in rows {
+        let (name, hash, issued) = row.map_err(err)?;
+        let hash: [u8; 32] = hash.try_into().map_err(|h: Vec<u8>| StoreError::Corrupt {
+            path: path.to_owned(),
+            id: name.clone(),
+            reason: format!("node credential hash of {} bytes, not 32", h.len()),
+        })?;
+        node_credentials.push((name, hash, issued));
+    }
     Ok(Loaded {
         processes,
         agents,
         next_number: next_number.max(1) as u64,
+        node_credentials,
     })
 }
 
@@ -588,6 +623,11 @@ fn commit(conn: &mut Connection, repair: &[Op], jobs: &[Job], probe: bool) -> ru
         if probe {
             put_meta.execute(params!["probe", crate::core::now_ms()])?;
         }
+        let mut put_credential = tx.prepare_cached(
+            "INSERT OR REPLACE INTO node_credentials (name, hash, issued_unix_ms) VALUES (?1, ?2, ?3)",
+        )?;
+        let mut forget_credential =
+            tx.prepare_cached("DELETE FROM node_credentials WHERE name = ?1")?;
         // Later rows for the same key win; write each key once.
         let mut last_process: HashMap<&str, ProcRow> = HashMap::new();
         let mut order = Vec::new();
@@ -596,6 +636,17 @@ fn commit(conn: &mut Connection, repair: &[Op], jobs: &[Job], probe: bool) -> ru
             let (id, row) = match op {
                 Op::Process(p) => (p.0.id.as_str(), ProcRow::Put(p)),
                 Op::DeleteProcess(id) => (id.as_str(), ProcRow::Delete(id)),
+                Op::NodeCredential {
+                    name,
+                    hash: Some((hash, issued)),
+                } => {
+                    put_credential.execute(params![name, hash.as_slice(), issued])?;
+                    continue;
+                }
+                Op::NodeCredential { name, hash: None } => {
+                    forget_credential.execute(params![name])?;
+                    continue;
+                }
                 Op::Agent(a) => {
                     put_agent.execute(params![a.name, a.encode_to_vec()])?;
                     continue;

@@ -165,5 +165,12 @@ pub fn register(reg: &Register) -> Result<(), Status> {
             reg.name
         )));
     }
+    if !matches!(reg.node_credential.len(), 0 | 32) {
+        return Err(bad(format!(
+            "agent {}: a node credential is 32 bytes, this one {}",
+            reg.name,
+            reg.node_credential.len()
+        )));
+    }
     Ok(())
 }

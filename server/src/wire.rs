@@ -41,6 +41,10 @@ pub fn status(e: CoreError) -> Status {
         | E::LogsNodeGone { .. } => Status::unavailable(msg),
         E::SignalTimeout { .. } => Status::deadline_exceeded(msg),
         E::LogsTooSlow { .. } => Status::resource_exhausted(msg),
+        E::Node(crate::core::identity::Refused::ForgetConnected { .. }) => {
+            Status::failed_precondition(msg)
+        }
+        E::Node(_) => Status::permission_denied(msg),
         // The change was rolled back: the same request may be retried.
         E::Store(_) => Status::unavailable(msg),
     }

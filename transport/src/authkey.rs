@@ -55,6 +55,12 @@ impl AuthKey {
         RoleKey::derive(&self.0, role)
     }
 
+    /// The job key of managed process `process_id` (see [`crate::keys`]):
+    /// what a function target gets instead of this key.
+    pub fn job_key(&self, process_id: &str) -> crate::credentials::JobKey {
+        crate::credentials::JobKey::from_bytes(crate::keys::derive_job_key(&self.0, process_id))
+    }
+
     /// Reads an authkey file. Refuses files that group or others may read or
     /// write, and files that do not hold exactly 64 hex characters (plus an
     /// optional trailing newline).
@@ -98,14 +104,7 @@ impl AuthKey {
             .ok_or_else(|| malformed(path, "it contains non-hex characters"))
     }
 
-    /// The key as 64 hex characters, for handing it to a managed child over
-    /// a private pipe (the bootstrap's preparation data), as CPython hands a
-    /// child its parent's authkey. Never log or print it.
-    pub fn expose_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    /// The inverse of [`AuthKey::expose_hex`]; `None` unless exactly 64 hex
+    /// The key from 64 hex characters (the key file's text); `None` unless exactly 64 hex
     /// characters.
     pub fn from_hex(text: &str) -> Option<AuthKey> {
         (text.len() == 2 * AUTHKEY_LEN)

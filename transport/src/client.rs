@@ -18,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::authkey::AuthKey;
+use crate::credentials::JobKey;
 use crate::error::TransportError;
 use crate::handshake::{self, HANDSHAKE_TIMEOUT, PLAINTEXT_BINDING};
 use crate::io::Conn;
@@ -50,12 +51,42 @@ pub async fn connect(
         })
 }
 
+/// Connects as managed process `process_id` with its job key (role
+/// [`Role::Job`]): what a function target uses instead of the authkey.
+pub async fn connect_job(
+    addr: &str,
+    job_key: &JobKey,
+    process_id: &str,
+    security: Security,
+) -> Result<Channel, TransportError> {
+    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+        TransportError::InvalidAddress {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    let mut connector =
+        Connector::with_key(addr, RoleKey::from_job_key(job_key), Role::Job, security)?;
+    connector.job_id = Some(Arc::from(process_id));
+    let first = connector.establish().await?;
+    connector.put_first(first);
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| TransportError::Channel {
+            addr: addr.to_string(),
+            source,
+        })
+}
+
 /// Makes authenticated connections to one server.
 #[derive(Clone)]
 struct Connector {
     addr: Arc<str>,
     role: Role,
     role_key: Arc<RoleKey>,
+    /// For role job: the process id the key belongs to.
+    job_id: Option<Arc<str>>,
     security: Security,
     tls: Option<TlsConnector>,
     /// A connection already authenticated by [`connect`], used for the
@@ -70,6 +101,15 @@ impl Connector {
         role: Role,
         security: Security,
     ) -> Result<Connector, TransportError> {
+        Connector::with_key(addr, authkey.role_key(role), role, security)
+    }
+
+    fn with_key(
+        addr: &str,
+        role_key: RoleKey,
+        role: Role,
+        security: Security,
+    ) -> Result<Connector, TransportError> {
         let tls = match security {
             Security::Tls => Some(TlsConnector::from(tls::client_config()?)),
             Security::PlaintextLoopback => None,
@@ -77,7 +117,8 @@ impl Connector {
         Ok(Connector {
             addr: Arc::from(addr),
             role,
-            role_key: Arc::new(authkey.role_key(role)),
+            role_key: Arc::new(role_key),
+            job_id: None,
             security,
             tls,
             first: Arc::new(Mutex::new(None)),
@@ -152,7 +193,15 @@ impl Connector {
             }
             None => (Conn::Plain(tcp), PLAINTEXT_BINDING),
         };
-        handshake::client_handshake(&mut conn, &self.role_key, self.role, &binding, addr).await?;
+        handshake::client_handshake_as(
+            &mut conn,
+            &self.role_key,
+            self.role,
+            self.job_id.as_deref(),
+            &binding,
+            addr,
+        )
+        .await?;
         tracing::debug!(server = addr, role = %self.role, "connection authenticated");
         Ok(conn)
     }

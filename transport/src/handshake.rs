@@ -5,7 +5,8 @@
 //! message has a fixed size, so reads are bounded.
 //!
 //! ```text
-//! C -> S  hello   "MPCTL1" (6) | role (1: 1 = client, 2 = agent) | nonce_c (32)
+//! C -> S  hello   "MPCTL1" (6) | role (1: 1 = client, 2 = agent, 3 = job) | nonce_c (32)
+//! C -> S  (role job only) id_len (1: 1..=64) | process id (id_len, [0-9A-Za-z_-])
 //! S -> C  nonce_s (32)
 //! C -> S  mac_c   (32) = HMAC-SHA256(role_key, "mpctl-client" | role | binding | nonce_s | nonce_c)
 //! S -> C  status  (1):  0x01 OK, then mac_s (32)
@@ -23,7 +24,11 @@
 //! sides prevent replay as well. MACs are checked in constant time
 //! (`Mac::verify_slice`). The role byte is inside both MACs and picks the key,
 //! so a key for one role cannot authenticate as the other. The server only
-//! reveals "role refused" to a client that has proven the key.
+//! reveals "role refused" to a client that has proven the key. For role job
+//! the key is the job key of the named process (derived by the server from
+//! the authkey and the id), so a job key proves exactly one process id; the
+//! server then answers with its own MAC under that key, so the job knows it
+//! talks to the real coordinator.
 
 use std::time::Duration;
 
@@ -32,6 +37,7 @@ use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::authkey::AuthKey;
+use crate::credentials::JobKey;
 use crate::error::TransportError;
 use crate::keys::{Role, RoleKey};
 
@@ -54,6 +60,8 @@ pub const STATUS_FAIL: u8 = 0x00;
 pub const STATUS_ROLE_REFUSED: u8 = 0x02;
 /// Binding used in plaintext loopback mode (there is no TLS session).
 pub const PLAINTEXT_BINDING: Binding = *b"mpctl-plaintext-loopback-binding";
+/// Longest process id a job may name.
+pub const MAX_JOB_ID: usize = 64;
 /// Deadline for TCP connect + TLS + this handshake, on both sides.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -124,6 +132,36 @@ pub async fn client_handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    client_handshake_as(io, role_key, role, None, binding, peer).await
+}
+
+/// Client half for a managed process: role job, proving `job_key` for
+/// process `id`.
+pub async fn client_handshake_job<S>(
+    io: &mut S,
+    job_key: &JobKey,
+    id: &str,
+    binding: &Binding,
+    peer: &str,
+) -> Result<(), TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let key = RoleKey::from_job_key(job_key);
+    client_handshake_as(io, &key, Role::Job, Some(id), binding, peer).await
+}
+
+pub(crate) async fn client_handshake_as<S>(
+    io: &mut S,
+    role_key: &RoleKey,
+    role: Role,
+    job_id: Option<&str>,
+    binding: &Binding,
+    peer: &str,
+) -> Result<(), TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let io_err = |source| TransportError::HandshakeIo {
         addr: peer.to_string(),
         source,
@@ -134,6 +172,17 @@ where
     hello[MAGIC.len()] = role.wire_byte();
     hello[MAGIC.len() + 1..].copy_from_slice(&nonce_c);
     io.write_all(&hello).await.map_err(io_err)?;
+    if role == Role::Job {
+        let id = job_id
+            .filter(|id| valid_job_id(id.as_bytes()))
+            .ok_or_else(|| TransportError::Protocol {
+                addr: peer.to_string(),
+                reason: "a job connection needs its process id (1 to 64 of [0-9A-Za-z_-])"
+                    .to_string(),
+            })?;
+        io.write_all(&[id.len() as u8]).await.map_err(io_err)?;
+        io.write_all(id.as_bytes()).await.map_err(io_err)?;
+    }
     io.flush().await.map_err(io_err)?;
 
     let mut nonce_s = [0u8; NONCE_LEN];
@@ -193,6 +242,29 @@ pub async fn server_handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    server_handshake_identified(io, authkey, accept_roles, binding, peer)
+        .await
+        .map(|(role, _)| role)
+}
+
+fn valid_job_id(id: &[u8]) -> bool {
+    (1..=MAX_JOB_ID).contains(&id.len())
+        && id
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'-' || *c == b'_')
+}
+
+/// [`server_handshake`], also returning the process id a job proved.
+pub async fn server_handshake_identified<S>(
+    io: &mut S,
+    authkey: &AuthKey,
+    accept_roles: &[Role],
+    binding: &Binding,
+    peer: &str,
+) -> Result<(Role, Option<String>), TransportError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let io_err = |source| TransportError::HandshakeIo {
         addr: peer.to_string(),
         source,
@@ -212,6 +284,24 @@ where
     })?;
     let mut nonce_c = [0u8; NONCE_LEN];
     nonce_c.copy_from_slice(&hello[MAGIC.len() + 1..]);
+    let job_id = if role == Role::Job {
+        let mut len = [0u8; 1];
+        io.read_exact(&mut len).await.map_err(io_err)?;
+        let mut id = vec![0u8; usize::from(len[0])];
+        io.read_exact(&mut id).await.map_err(io_err)?;
+        if !valid_job_id(&id) {
+            return Err(TransportError::Protocol {
+                addr: peer.to_string(),
+                reason: format!(
+                    "a job named a process id of {} bytes that is not 1 to {MAX_JOB_ID} of [0-9A-Za-z_-]",
+                    id.len()
+                ),
+            });
+        }
+        Some(String::from_utf8(id).expect("checked ASCII above"))
+    } else {
+        None
+    };
 
     let nonce_s = nonce()?;
     io.write_all(&nonce_s).await.map_err(io_err)?;
@@ -220,7 +310,10 @@ where
     let mut mac_c = [0u8; MAC_LEN];
     io.read_exact(&mut mac_c).await.map_err(io_err)?;
 
-    let key = authkey.role_key(role);
+    let key = match &job_id {
+        Some(id) => RoleKey::from_job_key(&authkey.job_key(id)),
+        None => authkey.role_key(role),
+    };
     let proof_ok = hmac(&key, CLIENT_LABEL, role, binding, &nonce_s, &nonce_c)
         .verify_slice(&mac_c)
         .is_ok();
@@ -247,5 +340,5 @@ where
     reply[1..].copy_from_slice(&mac_s);
     io.write_all(&reply).await.map_err(io_err)?;
     io.flush().await.map_err(io_err)?;
-    Ok(role)
+    Ok((role, job_id))
 }

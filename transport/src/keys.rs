@@ -3,7 +3,10 @@
 //! The authkey is never used directly on the wire. Each role gets its own
 //! 32-byte key: `HKDF-SHA256(salt = "mpctl authkey v1", ikm = authkey,
 //! info = "mpctl role client" | "mpctl role agent")`, so a proof made for one
-//! role never verifies for the other.
+//! role never verifies for the other. A managed process's key (role
+//! [`Role::Job`]) is per process: `info = "mpctl role job\0" | process id`
+//! ([`crate::credentials::JobKey`]); the coordinator derives it from the id
+//! the job names in its hello.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -23,10 +26,14 @@ pub enum Role {
     Client,
     /// An agent daemon talking to the coordinator.
     Agent,
+    /// A managed process (function target) acting as a client for its own
+    /// subtree only, with its per-process job key.
+    Job,
 }
 
 impl Role {
-    /// Every role, in wire order.
+    /// Every role whose key is derived from the authkey alone, in wire order
+    /// ([`Role::Job`] keys also take a process id).
     pub const ALL: [Role; 2] = [Role::Client, Role::Agent];
 
     /// The byte that identifies the role in the handshake.
@@ -34,6 +41,7 @@ impl Role {
         match self {
             Role::Client => 1,
             Role::Agent => 2,
+            Role::Job => 3,
         }
     }
 
@@ -42,6 +50,7 @@ impl Role {
         match b {
             1 => Some(Role::Client),
             2 => Some(Role::Agent),
+            3 => Some(Role::Job),
             _ => None,
         }
     }
@@ -50,6 +59,7 @@ impl Role {
         match self {
             Role::Client => b"mpctl role client",
             Role::Agent => b"mpctl role agent",
+            Role::Job => JOB_INFO,
         }
     }
 }
@@ -59,8 +69,21 @@ impl fmt::Display for Role {
         f.write_str(match self {
             Role::Client => "client",
             Role::Agent => "agent",
+            Role::Job => "job",
         })
     }
+}
+
+/// HKDF info prefix of a job key; the process id follows.
+pub(crate) const JOB_INFO: &[u8] = b"mpctl role job\0";
+
+/// The job key of process `id`: `HKDF-SHA256(salt, authkey, "mpctl role job\0" | id)`.
+pub(crate) fn derive_job_key(authkey: &[u8; 32], id: &str) -> [u8; 32] {
+    let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), authkey);
+    let mut okm = [0u8; 32];
+    hk.expand_multi_info(&[JOB_INFO, id.as_bytes()], &mut okm)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    okm
 }
 
 /// A 32-byte key for one role, derived from the authkey. `Debug` is redacted.
@@ -75,6 +98,11 @@ impl RoleKey {
         hk.expand(role.hkdf_info(), &mut okm)
             .expect("32 bytes is a valid HKDF-SHA256 output length");
         RoleKey(okm)
+    }
+
+    /// A job key used as the HMAC key of the handshake.
+    pub(crate) fn from_job_key(k: &crate::credentials::JobKey) -> RoleKey {
+        RoleKey(k.0)
     }
 
     /// The raw key bytes (for the HMAC; never log them).

@@ -20,6 +20,7 @@
 mod admission;
 pub mod authkey;
 pub mod client;
+pub mod credentials;
 pub mod error;
 mod failure_log;
 pub mod handshake;
@@ -38,7 +39,8 @@ pub fn random_hex(bytes: usize) -> String {
     getrandom::fill(&mut b).expect("the OS random source is unavailable");
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
-pub use client::connect;
+pub use client::{connect, connect_job};
+pub use credentials::JobKey;
 pub use error::TransportError;
 pub use keys::{check_connect_addr, check_listen_addr, Role, RoleKey, Security};
 pub use server::{

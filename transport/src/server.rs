@@ -53,6 +53,8 @@ pub struct PeerIdentity {
     pub role: Role,
     /// The peer's TCP address.
     pub remote_addr: SocketAddr,
+    /// For role [`Role::Job`]: the managed process whose job key it proved.
+    pub process_id: Option<String>,
 }
 
 /// Everything the server needs to authenticate connections.
@@ -179,7 +181,7 @@ impl ServerAuth {
                 }
                 None => (Conn::Plain(tcp), PLAINTEXT_BINDING),
             };
-            match handshake::server_handshake(
+            match handshake::server_handshake_identified(
                 &mut inner,
                 &self.authkey,
                 &self.accept_roles,
@@ -188,9 +190,13 @@ impl ServerAuth {
             )
             .await
             {
-                Ok(role) => Ok(AuthenticatedStream {
+                Ok((role, process_id)) => Ok(AuthenticatedStream {
                     inner,
-                    identity: PeerIdentity { role, remote_addr },
+                    identity: PeerIdentity {
+                        role,
+                        remote_addr,
+                        process_id,
+                    },
                 }),
                 Err(e) => {
                     let _ = inner.shutdown().await;

@@ -143,6 +143,7 @@ fn require_role_unit() {
     req.extensions_mut().insert(PeerIdentity {
         role: Role::Agent,
         remote_addr: "127.0.0.1:5".parse().unwrap(),
+        process_id: None,
     });
     assert_eq!(require_role(&req, Role::Agent).unwrap().role, Role::Agent);
     let err = require_role(&req, Role::Client).unwrap_err();

@@ -426,3 +426,42 @@ async fn no_secret_in_logs_on_failed_handshake() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_job_key_proves_its_own_process_id_and_no_other() {
+    let key = AuthKey::generate();
+    let binding = [3u8; 32];
+    // Its own id: both sides verify, and the server learns the id.
+    let (mut a, mut b) = tokio::io::duplex(1024);
+    let k = key.clone();
+    let server = tokio::spawn(async move {
+        handshake::server_handshake_identified(&mut b, &k, &[Role::Job], &binding, "c").await
+    });
+    handshake::client_handshake_job(&mut a, &key.job_key("p1"), "p1", &binding, "s")
+        .await
+        .unwrap();
+    assert_eq!(
+        server.await.unwrap().unwrap(),
+        (Role::Job, Some("p1".to_owned()))
+    );
+    // The key of p1 claiming to be p2 is rejected.
+    let (mut a, mut b) = tokio::io::duplex(1024);
+    let k = key.clone();
+    let server = tokio::spawn(async move {
+        handshake::server_handshake_identified(&mut b, &k, &[Role::Job], &binding, "c").await
+    });
+    let err = handshake::client_handshake_job(&mut a, &key.job_key("p1"), "p2", &binding, "s")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Rejected {
+                role: Role::Job,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(server.await.unwrap().is_err());
+}

@@ -31,8 +31,9 @@ use crate::protocol::LaunchSpec;
 use crate::server::{Interest, Token};
 use crate::spawn;
 
-/// Which server: the program and the preload hooks it ran.
-pub type Key = (String, Vec<String>);
+/// Which server: the program, the preload hooks it ran, and the user it
+/// runs as (its children are forked from it, so they run as that user too).
+pub type Key = (String, Vec<String>, Option<crate::protocol::RunAs>);
 
 /// What a server's messages (or its end) mean for the rest of the launcher.
 pub enum Event {
@@ -94,7 +95,7 @@ impl Forkservers {
     pub fn start(&mut self, spec: &LaunchSpec, preload: Vec<String>) -> Result<(), String> {
         let program = spec.argv.first().cloned().ok_or("empty argv")?;
         let (child_fds, pipes) = spawn::forkserver_child(spec)?;
-        let key = (program, preload);
+        let key = (program, preload, spec.run_as);
         let token = match self.servers.iter().find(|(_, s)| s.key == key) {
             Some((t, _)) => *t,
             None => self.start_server(key, spec)?,
@@ -148,11 +149,16 @@ impl Forkservers {
         if let Some(cwd) = &spec.cwd {
             cmd.current_dir(cwd);
         }
+        spawn::run_as(&mut cmd, key.2);
         pre_exec::clean_signals(&mut cmd);
         pre_exec::fds_at(&mut cmd, vec![(theirs.as_raw_fd(), FORKSERVER_FD)]);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start the forkserver {:?}: {e}", key.0))?;
+        let child = cmd.spawn().map_err(|e| {
+            format!(
+                "cannot start the forkserver {:?}: {}",
+                key.0,
+                spawn::run_as_error(key.2, e)
+            )
+        })?;
         drop(theirs);
         let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
         nix::fcntl::fcntl(

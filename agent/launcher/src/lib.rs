@@ -45,8 +45,8 @@ pub use mpctl_node::adoption::SOCKET_FILE as ADOPT_SOCKET_FILE;
 pub use mpctl_node::peer::PeerPolicy;
 pub use output::truncation_marker;
 pub use protocol::{
-    Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunningRecord,
-    ToLauncher,
+    Bootstrap, ExitRecord, FromLauncher, Hello, JournalDamage, LaunchSpec, Launched, RunAs,
+    RunningRecord, ToLauncher,
 };
 pub use server::{run, run_persistent, run_with, Options};
 pub use setup::{create_private_dir, LOCK_FILE, LOG_FILE, SOCKET_FILE};

@@ -48,6 +48,17 @@ pub struct LaunchSpec {
     /// RLIMIT_CPU in seconds (0: none).
     #[serde(default)]
     pub cpu_limit: u64,
+    /// Run the child (and its forkserver) as this user instead of the
+    /// launcher's: `setgroups([])`, `setgid`, `setuid` before exec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_as: Option<RunAs>,
+}
+
+/// A uid and gid a child runs as (`--run-as USER` on the agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 /// What a function target's child gets besides stdio: fd 3 reads the

@@ -93,6 +93,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
     if let Some(cwd) = &spec.cwd {
         cmd.current_dir(cwd);
     }
+    run_as(&mut cmd, spec.run_as);
     spawn::clean_signals(&mut cmd);
     let limits = limits(spec);
     if !limits.is_none() {
@@ -108,7 +109,7 @@ pub fn spawn(spec: &LaunchSpec) -> Result<Spawned, String> {
             ],
         );
     }
-    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let mut child = cmd.spawn().map_err(|e| run_as_error(spec.run_as, e))?;
     // The pid stays ours until we reap it with waitpid; `child` is dropped
     // without waiting (dropping a std Child neither kills nor reaps).
     let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
@@ -186,6 +187,29 @@ pub fn forkserver_child(spec: &LaunchSpec) -> Result<([OwnedFd; 4], Vec<OutPipe>
         [out_write, err_write, boot.child_prep, boot.child_result],
         pipes,
     ))
+}
+
+/// The child drops to `run_as`: std's `Command` calls `setgroups(0)` (when
+/// the launcher is root), `setgid`, then `setuid` in the child before exec,
+/// and the spawn fails with the OS reason if any of them does.
+pub fn run_as(cmd: &mut Command, run_as: Option<crate::protocol::RunAs>) {
+    if let Some(r) = run_as {
+        cmd.uid(r.uid).gid(r.gid);
+    }
+}
+
+/// The OS reason of a failed spawn; a refused user switch says what the
+/// launcher lacks.
+pub fn run_as_error(run_as: Option<crate::protocol::RunAs>, e: std::io::Error) -> String {
+    match run_as {
+        Some(r) if e.raw_os_error() == Some(libc::EPERM) => format!(
+            "cannot run as uid {} gid {}: {e}; the launcher runs as uid {} and needs root or CAP_SETUID and CAP_SETGID for --run-as",
+            r.uid,
+            r.gid,
+            nix::unistd::geteuid()
+        ),
+        _ => e.to_string(),
+    }
 }
 
 /// The rlimits of `spec`.

@@ -56,6 +56,11 @@ pub struct NodeArgs {
     /// Default cap for each of stdout and stderr of a process, in bytes
     #[arg(long, default_value_t = mpctl_agent::config::DEFAULT_LOG_LIMIT, value_name = "BYTES")]
     log_limit: u64,
+    /// Run every job as this user (a name or a uid; e.g. `nobody`), so the
+    /// authkey file and the node credential are unreadable to jobs (the
+    /// agent must run as root)
+    #[arg(long, value_name = "USER", env = "MPCTL_RUN_AS")]
+    run_as: Option<String>,
 }
 
 #[derive(Args)]
@@ -187,6 +192,14 @@ fn agent_config(
         .slots
         .unwrap_or_else(mpctl_agent::config::default_slots);
     anyhow::ensure!(slots > 0, "--slots must be at least 1");
+    let run_as = node
+        .run_as
+        .as_deref()
+        .map(mpctl_agent::config::RunAsUser::resolve)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    // Jobs running as another user may reach pool.sock as that uid.
+    let peers = mpctl_agent::config::PeerPolicy::with_job_uids(run_as.iter().map(|u| u.uid));
     Ok(AgentConfig {
         server,
         authkey,
@@ -201,7 +214,8 @@ fn agent_config(
             Some(d) => d,
             None => std::env::current_dir().context("cannot read the current directory")?,
         },
-        peers: mpctl_agent::config::PeerPolicy::own_uid(),
+        peers,
+        run_as,
     })
 }
 

@@ -117,8 +117,8 @@ pub enum Command {
     Attach(attach::AttachArgs),
     /// Run one command per input line on a pool of workers (a command pool)
     Map(map::MapArgs),
-    /// List the cluster's agents
-    Agents(query::FormatArgs),
+    /// List the cluster's agents (or `agents forget NAME`)
+    Agents(query::AgentsArgs),
     /// Named clusters: add, use, unset, list, remove
     #[command(subcommand)]
     Context(context::ContextCommand),

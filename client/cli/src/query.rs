@@ -21,6 +21,26 @@ pub struct FormatArgs {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentsArgs {
+    #[command(subcommand)]
+    command: Option<AgentsCommand>,
+    #[command(flatten)]
+    format: FormatArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum AgentsCommand {
+    /// Clear the node credential of an agent that is not connected, so the
+    /// next agent registering with that name is issued a new one (when a
+    /// node lost its data directory)
+    Forget {
+        /// The agent's name
+        name: String,
+    },
+}
+
+#[derive(Args)]
 pub struct PsArgs {
     /// Show all processes, stopped ones too
     #[arg(short, long)]
@@ -309,7 +329,19 @@ pub async fn logs(g: &Global, a: LogsArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-pub async fn agents(g: &Global, a: FormatArgs) -> anyhow::Result<i32> {
+pub async fn agents(g: &Global, a: AgentsArgs) -> anyhow::Result<i32> {
+    if let Some(AgentsCommand::Forget { name }) = a.command {
+        let cluster = g.cluster().await?;
+        let had = cluster.forget_agent(&name).await;
+        cluster.close().await;
+        if had? {
+            println!("forgot the node credential of {name}; the next agent named {name} is issued a new one");
+        } else {
+            println!("{name} had no node credential; the next agent named {name} is issued one");
+        }
+        return Ok(0);
+    }
+    let a = a.format;
     let cluster = g.cluster().await?;
     let agents = cluster.agents().await;
     cluster.close().await;

@@ -141,6 +141,7 @@ impl Embedded {
             default_log_limit: mpctl_agent::config::DEFAULT_LOG_LIMIT,
             work_dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")),
             peers: mpctl_agent::config::PeerPolicy::own_uid(),
+            run_as: None,
         };
         let (stop_agent, stopped) = oneshot::channel::<()>();
         let agent = tokio::spawn(mpctl_agent::run(config, async {

@@ -15,7 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use mpctl_node::descriptors::{self, PREP_FD, RESULT_FD};
 use mpctl_node::{Limits, Preparation, MAX_RESULT};
 
-use super::{set_current, sys as fds, CurrentProcess, Runtime, ADOPT_SOCKET, AUTHKEY, FORKED};
+use super::{set_current, sys as fds, CurrentProcess, Runtime, ADOPT_SOCKET, FORKED, JOB_KEY};
 
 pub fn flush_stdio() {
     let _ = std::io::stdout().flush();
@@ -107,8 +107,8 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
             mpctl_node::Security::Tls => mpctl_transport::Security::Tls,
         },
     });
-    if let Some(key) = mpctl_transport::AuthKey::from_hex(&prep.authkey) {
-        let _ = AUTHKEY.set(key);
+    if let Some(key) = mpctl_transport::JobKey::from_hex(&prep.job_key) {
+        let _ = JOB_KEY.set(key);
     }
     if !prep.adopt_socket.is_empty() {
         let _ = ADOPT_SOCKET.set(prep.adopt_socket.clone());

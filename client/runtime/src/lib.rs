@@ -103,19 +103,23 @@ pub fn next_child_number() -> Option<u32> {
         .is_some()
         .then(|| CHILDREN_MADE.fetch_add(1, Ordering::Relaxed) + 1)
 }
-/// The authkey inherited from the agent (as CPython's children inherit
-/// their parent's); kept apart from `CurrentProcess` so it is never printed.
-static AUTHKEY: OnceLock<mpctl_transport::AuthKey> = OnceLock::new();
+/// This process's job key, from its preparation data: it authenticates to
+/// the coordinator as this process only (its own subtree, while it runs),
+/// never as the cluster. Kept apart from `CurrentProcess` so it is never
+/// printed.
+static JOB_KEY: OnceLock<mpctl_transport::JobKey> = OnceLock::new();
 
-/// The coordinator and key a managed process uses to start its own children.
+/// The coordinator, this process's id and its job key: what a managed
+/// process uses to start and watch its own children.
 pub fn cluster_credentials() -> Option<(
     String,
-    &'static mpctl_transport::AuthKey,
+    String,
+    &'static mpctl_transport::JobKey,
     mpctl_transport::Security,
 )> {
     let me = current_process()?;
-    let key = AUTHKEY.get()?;
-    (!me.coordinator.is_empty()).then(|| (me.coordinator.clone(), key, me.security))
+    let key = JOB_KEY.get()?;
+    (!me.coordinator.is_empty()).then(|| (me.coordinator.clone(), me.id.clone(), key, me.security))
 }
 
 /// This process, if it was started as a function target (like CPython's

@@ -37,14 +37,30 @@ impl Cluster {
         })
     }
 
+    /// Connects as managed process `id` with its job key (role job): it may
+    /// start, watch and signal its own descendants only.
+    pub async fn connect_job(
+        addr: &str,
+        id: &str,
+        key: &mpctl_transport::JobKey,
+        security: Security,
+    ) -> Result<Cluster> {
+        let channel = mpctl_transport::connect_job(addr, key, id, security).await?;
+        Ok(Cluster {
+            api: ProcessManagerClient::new(channel.clone()),
+            channel,
+            embedded: None,
+        })
+    }
+
     /// The cluster the environment names (see [`crate::config`]). Inside a
     /// managed process (a function target), the cluster that runs it, with
-    /// the authkey it inherited. With nothing configured, an embedded
+    /// its own job key (never the authkey). With nothing configured, an embedded
     /// coordinator and agent in this process.
     pub async fn from_env() -> Result<Cluster> {
         if std::env::var_os("MPCTL_ADDR").is_none() {
-            if let Some((addr, key, security)) = mpctl_runtime::cluster_credentials() {
-                return Cluster::connect(&addr, key, security).await;
+            if let Some((addr, id, key, security)) = mpctl_runtime::cluster_credentials() {
+                return Cluster::connect_job(&addr, &id, key, security).await;
             }
         }
         Cluster::open(ClusterConfig::resolve(&Overrides::default())?).await
@@ -142,6 +158,18 @@ impl Cluster {
             .into_inner()
             .agents;
         agents.into_iter().map(wire::agent_info).collect()
+    }
+
+    /// Clears the node credential of agent `name`, which must not be
+    /// connected (`mpctl agents forget`); returns whether it had one.
+    pub async fn forget_agent(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .api()
+            .forget_agent(mpctl_proto::v1::ForgetAgentRequest { name: name.into() })
+            .await
+            .map_err(|s| Error::rpc("forget agent", name, s))?
+            .into_inner()
+            .had_credential)
     }
 }
 

@@ -326,15 +326,18 @@ impl Process {
                 "start method fork starts function targets: the child runs a registered function of this program".into(),
             )
         })?;
-        let (addr, key, security) = crate::runtime::cluster_credentials()
+        let (addr, _, _, security) = crate::runtime::cluster_credentials()
             .ok_or_else(|| start_error(fork::NOT_ON_A_NODE.into()))?;
         self.request
             .placement
             .get_or_insert_with(Default::default)
             .node = me.node.clone();
         self.request.parent_id = me.id.clone();
-        let info = match self.cluster.api().start(self.request.clone()).await {
-            Ok(r) => r.into_inner().process.unwrap_or_default(),
+        let (info, child_key) = match self.cluster.api().start(self.request.clone()).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                (r.process.unwrap_or_default(), r.job_key)
+            }
             Err(s) if s.code() == tonic::Code::FailedPrecondition => {
                 return Err(start_error(s.message().to_owned()))
             }
@@ -353,7 +356,16 @@ impl Process {
             String::from_utf8_lossy(&f.args),
         )
         .parent(&me.id)
-        .coordinator(addr, security, key.expose_hex());
+        // The child's own job key, from the coordinator's answer (empty if
+        // this parent was connected with the authkey: the child then cannot
+        // start children of its own).
+        .coordinator(
+            addr,
+            security,
+            <[u8; 32]>::try_from(child_key.as_slice())
+                .map(|k| mpctl_transport::JobKey::from_bytes(k).expose_hex())
+                .unwrap_or_default(),
+        );
         let limits = self
             .request
             .limits

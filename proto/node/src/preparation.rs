@@ -64,10 +64,12 @@ pub struct Preparation {
     pub coordinator: String,
     #[serde(default)]
     pub security: Security,
-    /// The cluster's authkey (hex), inherited as in CPython; it only ever
-    /// travels in this pipe and is never logged.
+    /// This process's own job key (hex, 32 bytes): it authenticates to the
+    /// coordinator as this process only (role job), for its own subtree,
+    /// while it runs. Never the cluster's authkey. It only ever travels in
+    /// this pipe and is never logged.
     #[serde(default)]
-    pub authkey: String,
+    pub job_key: String,
     /// The node launcher's adoption socket, for the fork start method.
     #[serde(default)]
     pub adopt_socket: String,
@@ -123,7 +125,7 @@ impl Preparation {
             start_method,
             coordinator: String::new(),
             security: Security::Tls,
-            authkey: String::new(),
+            job_key: String::new(),
             adopt_socket: String::new(),
             pool_socket: String::new(),
             pool_key: String::new(),
@@ -137,16 +139,16 @@ impl Preparation {
         self
     }
 
-    /// Where and how it reaches the coordinator, and the key (hex).
+    /// Where and how it reaches the coordinator, and its job key (hex).
     pub fn coordinator(
         mut self,
         addr: impl Into<String>,
         security: Security,
-        authkey_hex: String,
+        job_key_hex: String,
     ) -> Preparation {
         self.coordinator = addr.into();
         self.security = security;
-        self.authkey = authkey_hex;
+        self.job_key = job_key_hex;
         self
     }
 

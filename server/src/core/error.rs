@@ -46,6 +46,8 @@ pub enum CoreError {
     LogsNodeGone { node: String },
     #[error("the Logs caller fell {chunks} chunks (up to 64 MiB) behind its node and was cut off; read the output again")]
     LogsTooSlow { chunks: usize },
+    #[error("{0}")]
+    Node(#[from] crate::core::identity::Refused),
     #[error("the coordinator could not save its state: {0}")]
     Store(#[from] StoreError),
 }

@@ -32,6 +32,7 @@
 pub mod agents;
 pub mod effects;
 pub mod error;
+pub mod identity;
 pub mod logs;
 pub mod model;
 mod ops;
@@ -164,6 +165,8 @@ pub struct Core {
     next_request: AtomicU64,
     /// Bumped when the agent registry changes (registered, disconnected, lost).
     agents_changed: watch::Sender<u64>,
+    /// Node credentials (docs/design.md §10); see [`identity`].
+    identities: Mutex<identity::NodeIdentities>,
     pub timings: Timings,
 }
 
@@ -187,6 +190,7 @@ impl Core {
             signals: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             agents_changed: watch::channel(0).0,
+            identities: Mutex::new(identity::NodeIdentities::default()),
             timings,
         });
         let sink: Arc<dyn Sink> = core.clone();

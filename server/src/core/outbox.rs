@@ -42,6 +42,11 @@ impl Outbox {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The store, for rows outside the table (node credentials).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Queues `fx` with the store. Called under the table lock, so batches
     /// keep the order of the changes they record.
     pub fn submit(&self, seq: u64, fx: Effects) -> Pending {

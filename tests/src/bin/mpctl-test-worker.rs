@@ -331,8 +331,109 @@ fn rlimits(_: ()) -> (u64, u64) {
     (soft(Resource::RLIMIT_AS), soft(Resource::RLIMIT_CPU))
 }
 
+/// What a job could do with its job credential (docs/design.md §5).
+#[derive(Serialize)]
+struct JobProbe {
+    /// `code: message` of registering as an agent over its job connection.
+    register: String,
+    /// `code: message` of killing, joining and reading the output of `other`.
+    kill_other: String,
+    join_other: String,
+    logs_other: String,
+    /// Its own child: exit code after start and join.
+    child_exitcode: Option<i32>,
+    /// What it tried to open with EACCES or success: (path, errno or 0).
+    opened: Vec<(String, i32)>,
+    uid: u32,
+    gid: u32,
+}
+
+fn status_text(r: Result<(), tonic::Status>) -> String {
+    match r {
+        Ok(()) => "ok".into(),
+        Err(s) => format!("{:?}: {}", s.code(), s.message()),
+    }
+}
+
+/// Uses this job's own credential against the coordinator: registers as an
+/// agent, kills, joins and reads the output of `other` (not its descendant),
+/// then starts and joins a child of its own; tries to open each of `secrets`.
+fn job_probe((other, secrets): (String, Vec<String>)) -> JobProbe {
+    use mpctl_proto::v1 as pb;
+    let opened = secrets
+        .into_iter()
+        .map(|p| {
+            let errno = match std::fs::File::open(&p) {
+                Ok(_) => 0,
+                Err(e) => e.raw_os_error().unwrap_or(-1),
+            };
+            (p, errno)
+        })
+        .collect();
+    block_on(async move {
+        let (addr, id, key, security) = runtime::cluster_credentials().expect("a managed process");
+        let channel = mpctl_transport::connect_job(&addr, key, &id, security)
+            .await
+            .expect("the job key authenticates");
+        let mut agents = pb::agent_service_client::AgentServiceClient::new(channel.clone());
+        let register = pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Register(pb::Register {
+                name: "n1".into(),
+                slots: 1,
+                ..Default::default()
+            })),
+        };
+        let register = status_text(
+            agents
+                .session(futures::stream::iter(vec![register]))
+                .await
+                .map(|_| ()),
+        );
+        let mut api = pb::process_manager_client::ProcessManagerClient::new(channel);
+        let kill_other = status_text(
+            api.kill(pb::SignalRequest {
+                id: other.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        );
+        let join_other = status_text(
+            api.join(pb::JoinRequest {
+                id: other.clone(),
+                timeout_ms: Some(0),
+            })
+            .await
+            .map(|_| ()),
+        );
+        let logs_other = status_text(
+            api.logs(pb::LogsRequest {
+                id: other.clone(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        );
+        let cluster = mpctl::Cluster::from_env().await.unwrap();
+        let mut child = mpctl::Process::function(&cluster, "exit_with", &5).unwrap();
+        child.start().await.expect("start its own child");
+        child.join(None).await.expect("join its own child");
+        JobProbe {
+            register,
+            kill_other,
+            join_other,
+            logs_other,
+            child_exitcode: child.exitcode(),
+            opened,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        }
+    })
+}
+
 fn main() {
     Runtime::new()
+        .function("job_probe", job_probe)
         .function("rlimits", rlimits)
         .function("raise_signal", raise_signal)
         .function("start_and_join_grandchild", start_and_join_grandchild)

@@ -97,6 +97,8 @@ pub fn spec_role_key(authkey: &[u8; 32], role: Role) -> [u8; 32] {
     let info: &[u8] = match role {
         Role::Client => b"mpctl role client",
         Role::Agent => b"mpctl role agent",
+        // The job key of the empty id; real job keys append the process id.
+        Role::Job => b"mpctl role job\0",
     };
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(b"mpctl authkey v1"), authkey);
     let mut okm = [0u8; 32];

@@ -4,6 +4,87 @@
 use super::*;
 
 impl Core {
+    /// The node credentials read back from the store (at start-up).
+    pub fn restore_node_credentials(&self, rows: Vec<(String, [u8; 32], i64)>) {
+        *self.identities() = identity::NodeIdentities::restore(rows);
+    }
+
+    fn identities(&self) -> std::sync::MutexGuard<'_, identity::NodeIdentities> {
+        self.identities.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether agent `name` presenting `presented` may register (before
+    /// anything of it touches the table). A first registration is issued a
+    /// credential, durable before this returns it. A refusal leaves the
+    /// live session of that name untouched.
+    pub async fn admit_node(
+        &self,
+        name: &str,
+        presented: &[u8],
+        remote: std::net::SocketAddr,
+    ) -> Result<Option<[u8; 32]>, CoreError> {
+        let admitted = {
+            let st = self.lock();
+            let live = st.table.session(name).is_some();
+            self.identities().admit(
+                name,
+                presented,
+                live,
+                remote,
+                || mpctl_transport::credentials::new_node_credential().ok(),
+                now_ms(),
+            )
+        };
+        let (secret, hash, issued_ms) = match admitted {
+            Err(refused) => {
+                tracing::warn!(agent = %name, %remote, "registration refused: {refused}");
+                return Err(refused.into());
+            }
+            Ok(identity::Admitted::Known) => return Ok(None),
+            Ok(identity::Admitted::Issue {
+                secret,
+                hash,
+                issued_ms,
+            }) => (secret, hash, issued_ms),
+        };
+        let pending = self.outbox.store().submit(crate::store::Batch {
+            ops: vec![crate::store::Op::NodeCredential {
+                name: name.to_owned(),
+                hash: Some((hash, issued_ms)),
+            }],
+            after_commit: Vec::new(),
+        });
+        if let Err(e) = pending.durable().await {
+            self.identities().unissue(name, &hash);
+            return Err(e.into());
+        }
+        tracing::info!(agent = %name, "issued a node credential");
+        Ok(Some(secret))
+    }
+
+    /// `mpctl agents forget NAME`: clears the credential of a node no agent
+    /// holds, durably. Returns whether there was one.
+    pub async fn forget_agent(&self, name: &str) -> Result<bool, CoreError> {
+        let had = {
+            let st = self.lock();
+            let live = st.table.session(name).is_some();
+            self.identities().forget(name, live)?
+        };
+        self.outbox
+            .store()
+            .submit(crate::store::Batch {
+                ops: vec![crate::store::Op::NodeCredential {
+                    name: name.to_owned(),
+                    hash: None,
+                }],
+                after_commit: Vec::new(),
+            })
+            .durable()
+            .await?;
+        tracing::info!(agent = %name, had_credential = had, "node credential forgotten");
+        Ok(had)
+    }
+
     /// A (re)connecting agent (validated at the edge): record it, reconcile
     /// its processes with the table, and hand it the queue; messages to it
     /// go on `tx`. Returns the session generation.

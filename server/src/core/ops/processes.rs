@@ -63,6 +63,37 @@ impl Core {
         Ok(p)
     }
 
+    /// Whether process `id` is running (launching or started): a job
+    /// credential is only honoured while its process is.
+    pub fn is_alive(&self, id: &str) -> bool {
+        self.lock()
+            .table
+            .get(id)
+            .is_some_and(|p| p.state.is_active())
+    }
+
+    /// Longest parent chain [`Core::descends_from`] walks.
+    const MAX_DEPTH: usize = 10_000;
+
+    /// Whether `id` is a strict descendant of `ancestor` (its child, its
+    /// child's child, ...).
+    pub fn descends_from(&self, id: &str, ancestor: &str) -> bool {
+        let st = self.lock();
+        let mut cur = st.table.get(id);
+        // Bounded: no real tree is this deep, and a cycle must not hang us.
+        for _ in 0..Self::MAX_DEPTH {
+            let Some(p) = cur else { return false };
+            if p.parent_id.is_empty() {
+                return false;
+            }
+            if p.parent_id == ancestor {
+                return true;
+            }
+            cur = st.table.get(&p.parent_id);
+        }
+        false
+    }
+
     /// The process as last committed.
     pub fn get(&self, id: &str) -> Result<Proc, CoreError> {
         self.lock()
