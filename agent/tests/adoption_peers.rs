@@ -85,6 +85,7 @@ impl Node {
             forkserver: None,
             memory_limit: 0,
             cpu_limit: 0,
+            run_as: None,
         };
         timeout(DEADLINE, self.client.launch(spec))
             .await

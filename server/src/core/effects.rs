@@ -14,6 +14,11 @@ pub enum Row {
     Agent(Box<Agent>),
     /// The next top-level process number (CPython's `_process_counter`).
     NextNumber(u64),
+    /// A node credential's hash and when it was issued; `None` forgets it.
+    NodeCredential {
+        name: String,
+        hash: Option<([u8; 32], i64)>,
+    },
 }
 
 /// A message to a node, sent after the rows before it are durable.
@@ -76,6 +81,13 @@ impl Effects {
     pub fn put_agent(&mut self, agent: &Agent) {
         self.agents_changed = true;
         self.rows.push(Row::Agent(Box::new(agent.clone())));
+    }
+
+    pub fn node_credential(&mut self, name: &str, hash: Option<([u8; 32], i64)>) {
+        self.rows.push(Row::NodeCredential {
+            name: name.to_owned(),
+            hash,
+        });
     }
 
     pub fn next_number(&mut self, n: u64) {

@@ -58,6 +58,7 @@ impl Outbox {
                 }
                 Row::Agent(a) => Op::Agent(Box::new(wire::agent_info(&a))),
                 Row::NextNumber(n) => Op::NextNumber(n),
+                Row::NodeCredential { name, hash } => Op::NodeCredential { name, hash },
             });
         }
         if !fx.sends.is_empty() {

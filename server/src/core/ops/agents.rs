@@ -47,13 +47,11 @@ impl Core {
                 issued_ms,
             }) => (secret, hash, issued_ms),
         };
-        let pending = self.outbox.store().submit(crate::store::Batch {
-            ops: vec![crate::store::Op::NodeCredential {
-                name: name.to_owned(),
-                hash: Some((hash, issued_ms)),
-            }],
-            after_commit: Vec::new(),
-        });
+        let pending = {
+            let mut fx = Effects::new();
+            fx.node_credential(name, Some((hash, issued_ms)));
+            self.apply(&mut self.lock(), fx)
+        };
         if let Err(e) = pending.durable().await {
             self.identities().unissue(name, &hash);
             return Err(e.into());
@@ -70,17 +68,12 @@ impl Core {
             let live = st.table.session(name).is_some();
             self.identities().forget(name, live)?
         };
-        self.outbox
-            .store()
-            .submit(crate::store::Batch {
-                ops: vec![crate::store::Op::NodeCredential {
-                    name: name.to_owned(),
-                    hash: None,
-                }],
-                after_commit: Vec::new(),
-            })
-            .durable()
-            .await?;
+        let pending = {
+            let mut fx = Effects::new();
+            fx.node_credential(name, None);
+            self.apply(&mut self.lock(), fx)
+        };
+        pending.durable().await?;
         tracing::info!(agent = %name, had_credential = had, "node credential forgotten");
         Ok(had)
     }
