@@ -16,7 +16,7 @@ fn mpctl() -> Command {
 #[test]
 fn run_without_a_command_is_a_usage_error() {
     let o = mpctl().arg("run").output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(125));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("COMMAND"), "{err}");
 }

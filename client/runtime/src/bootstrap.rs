@@ -15,7 +15,7 @@ use std::panic::{self, AssertUnwindSafe};
 use mpctl_node::descriptors::{self, PREP_FD, RESULT_FD};
 use mpctl_node::{Limits, Preparation, MAX_RESULT};
 
-use super::{set_current, sys as fds, CurrentProcess, Runtime, ADOPT_SOCKET, FORKED, JOB_KEY};
+use super::{set_current, sys as fds, CurrentProcess, Runtime, ADOPT_SOCKET, FORKED};
 
 pub fn flush_stdio() {
     let _ = std::io::stdout().flush();
@@ -108,7 +108,7 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
         },
     });
     if let Some(key) = mpctl_transport::JobKey::from_hex(&prep.job_key) {
-        let _ = JOB_KEY.set(key);
+        super::set_job_key(key);
     }
     if !prep.adopt_socket.is_empty() {
         let _ = ADOPT_SOCKET.set(prep.adopt_socket.clone());

@@ -106,8 +106,15 @@ pub fn next_child_number() -> Option<u32> {
 /// This process's job key, from its preparation data: it authenticates to
 /// the coordinator as this process only (its own subtree, while it runs),
 /// never as the cluster. Kept apart from `CurrentProcess` so it is never
-/// printed.
-static JOB_KEY: OnceLock<mpctl_transport::JobKey> = OnceLock::new();
+/// printed. Replaced, not set once: a forked child inherits its parent's
+/// and then reads its own from its preparation data (each key is leaked:
+/// one per process, plus one per fork).
+static JOB_KEY: Mutex<Option<&'static mpctl_transport::JobKey>> = Mutex::new(None);
+
+/// Makes `key` this process's job key.
+pub(crate) fn set_job_key(key: mpctl_transport::JobKey) {
+    *JOB_KEY.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::leak(Box::new(key)));
+}
 
 /// The coordinator, this process's id and its job key: what a managed
 /// process uses to start and watch its own children.
@@ -118,7 +125,7 @@ pub fn cluster_credentials() -> Option<(
     mpctl_transport::Security,
 )> {
     let me = current_process()?;
-    let key = JOB_KEY.get()?;
+    let key = (*JOB_KEY.lock().unwrap_or_else(|e| e.into_inner()))?;
     (!me.coordinator.is_empty()).then(|| (me.coordinator.clone(), me.id.clone(), key, me.security))
 }
 
