@@ -24,6 +24,9 @@ use tokio::sync::Semaphore;
 /// The OpenMetrics text format's content type.
 pub const CONTENT_TYPE_OPENMETRICS: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Prometheus text format's (0.0.4) content type, for clients that do
+/// not ask for OpenMetrics (`curl`, `promtool check metrics`).
+pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The one path served.
 pub const PATH: &str = "/metrics";
 /// Connections served at once; more are closed on accept.
@@ -75,6 +78,67 @@ pub fn render(registry: &Registry) -> String {
     out
 }
 
+/// OpenMetrics text as the Prometheus text format 0.0.4: a counter's
+/// family is named with its `_total` suffix there, and there is no `# EOF`
+/// or `# UNIT`. Everything else (samples, histograms, escaping) is the same.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some(h) = help.replace(rest) {
+                push_help(&mut out, h, None);
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "unknown" | "info" | "stateset" => (name.to_owned(), "untyped"),
+                k => (name.to_owned(), k),
+            };
+            if let Some(h) = help.take() {
+                push_help(&mut out, h, Some(&name));
+            }
+            out.push_str("# TYPE ");
+            out.push_str(&name);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+            continue;
+        }
+        if let Some(h) = help.take() {
+            push_help(&mut out, h, None);
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// `# HELP` for `rest` (`name text`), under `name` if given.
+fn push_help(out: &mut String, rest: &str, name: Option<&str>) {
+    let (own, text) = rest.split_once(' ').unwrap_or((rest, ""));
+    out.push_str("# HELP ");
+    out.push_str(name.unwrap_or(own));
+    out.push(' ');
+    out.push_str(text);
+    out.push('\n');
+}
+
+/// Whether the request's `Accept` asks for OpenMetrics (Prometheus does).
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(hyper::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
 fn answer(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let plain = |status: StatusCode, text: &str| {
         let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
@@ -96,12 +160,20 @@ fn answer(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>>
             .insert(ALLOW, "GET, HEAD".parse().expect("ASCII"));
         return r;
     }
-    let body = if head { String::new() } else { render(registry) };
+    let openmetrics = wants_openmetrics(req);
+    let body = match (head, openmetrics) {
+        (true, _) => String::new(),
+        (false, true) => render(registry),
+        (false, false) => to_prometheus_text(&render(registry)),
+    };
+    let content_type = if openmetrics {
+        CONTENT_TYPE_OPENMETRICS
+    } else {
+        CONTENT_TYPE_TEXT
+    };
     let mut r = Response::new(Full::new(Bytes::from(body)));
-    r.headers_mut().insert(
-        CONTENT_TYPE,
-        CONTENT_TYPE_OPENMETRICS.parse().expect("ASCII"),
-    );
+    r.headers_mut()
+        .insert(CONTENT_TYPE, content_type.parse().expect("ASCII"));
     r
 }
 
@@ -178,11 +250,23 @@ mod tests {
             .await
             .unwrap();
         let close = "Connection: close\r\nHost: x\r\n\r\n";
-        let ok = get(l.local_addr(), &format!("GET /metrics HTTP/1.1\r\n{close}")).await;
+        let om = "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n";
+        let ok = get(l.local_addr(), &format!("GET /metrics HTTP/1.1\r\n{om}{close}")).await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains(CONTENT_TYPE_OPENMETRICS), "{ok}");
-        assert!(ok.contains("\nmpctl_test_total 7\n"), "{ok}");
+        assert!(
+            ok.contains("# TYPE mpctl_test counter\nmpctl_test_total 7\n"),
+            "{ok}"
+        );
         assert!(ok.ends_with("# EOF\n"), "{ok}");
+        let text = get(l.local_addr(), &format!("GET /metrics HTTP/1.1\r\n{close}")).await;
+        assert!(text.contains(CONTENT_TYPE_TEXT), "{text}");
+        assert!(
+            text.ends_with(
+                "# HELP mpctl_test_total a test counter.\n# TYPE mpctl_test_total counter\nmpctl_test_total 7\n"
+            ),
+            "{text}"
+        );
         let other = get(l.local_addr(), &format!("GET / HTTP/1.1\r\n{close}")).await;
         assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
         let post = get(l.local_addr(), &format!("POST /metrics HTTP/1.1\r\n{close}")).await;

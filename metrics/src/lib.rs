@@ -17,6 +17,7 @@
 
 pub mod histogram;
 pub mod http;
+pub mod reasons;
 
 pub use histogram::Seconds;
 pub use http::{serve, MetricsError, MetricsListener};

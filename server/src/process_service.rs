@@ -151,7 +151,7 @@ impl ProcessManager for ProcessService {
     ) -> Result<Response<ListAgentsResponse>, Status> {
         require_role(&req, Role::Client)?;
         Ok(Response::new(ListAgentsResponse {
-            agents: self.core.agents(wire::agent_info),
+            agents: self.core.agents_with_load(wire::agent_load),
         }))
     }
 }

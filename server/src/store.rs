@@ -102,6 +102,8 @@ pub struct Loaded {
 #[derive(Clone)]
 pub struct Store {
     tx: std_mpsc::Sender<Msg>,
+    /// How long each commit took (the transaction and its sync).
+    commit_seconds: mpctl_metrics::Seconds,
 }
 
 /// A submitted batch; await it to know it is durable.
@@ -172,14 +174,21 @@ impl Store {
         let loaded = load(&conn, path)?;
         let (tx, rx) = std_mpsc::channel::<Msg>();
         let thread_path = path.to_owned();
+        let commit_seconds = mpctl_metrics::Seconds::default();
+        let observed = commit_seconds.clone();
         std::thread::Builder::new()
             .name("mpctl-store".into())
-            .spawn(move || writer(conn, rx, thread_path))
+            .spawn(move || writer(conn, rx, thread_path, observed))
             .map_err(|e| StoreError::Sqlite {
                 path: path.to_owned(),
                 source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
             })?;
-        Ok((Store { tx }, loaded))
+        Ok((Store { tx, commit_seconds }, loaded))
+    }
+
+    /// The commit latency histogram (clones share it), for the metrics.
+    pub fn commit_seconds(&self) -> mpctl_metrics::Seconds {
+        self.commit_seconds.clone()
     }
 
     /// Queues a batch. Call while holding the table lock so batches keep the
@@ -267,7 +276,12 @@ fn load(conn: &Connection, path: &Path) -> Result<Loaded, StoreError> {
     })
 }
 
-fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Msg>, path: PathBuf) {
+fn writer(
+    mut conn: Connection,
+    rx: std_mpsc::Receiver<Msg>,
+    path: PathBuf,
+    commit_seconds: mpctl_metrics::Seconds,
+) {
     let mut jobs: Vec<Job> = Vec::new();
     // When the oldest queued job must be committed at the latest.
     let mut due: Option<Instant> = None;
@@ -303,7 +317,7 @@ fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Msg>, path: PathBuf) {
         if jobs.is_empty() {
             due = None;
         } else if now || due.is_some_and(|d| d <= Instant::now()) {
-            commit_and_answer(&mut conn, std::mem::take(&mut jobs), &path);
+            commit_and_answer(&mut conn, std::mem::take(&mut jobs), &path, &commit_seconds);
             due = None;
         }
     }
@@ -311,8 +325,15 @@ fn writer(mut conn: Connection, rx: std_mpsc::Receiver<Msg>, path: PathBuf) {
 
 /// Commits `jobs` in one transaction, then sends their messages and answers
 /// their submitters, in submission order.
-fn commit_and_answer(conn: &mut Connection, jobs: Vec<Job>, path: &Path) {
+fn commit_and_answer(
+    conn: &mut Connection,
+    jobs: Vec<Job>,
+    path: &Path,
+    commit_seconds: &mpctl_metrics::Seconds,
+) {
+    let began = Instant::now();
     let result = commit(conn, &jobs).map_err(|e| format!("{}: {e}", path.display()));
+    commit_seconds.observe(began.elapsed());
     for job in jobs {
         if result.is_ok() {
             for (tx, msg) in job.batch.after_commit {

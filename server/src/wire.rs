@@ -222,6 +222,15 @@ pub fn agent_info(a: &Agent) -> AgentInfo {
         version: a.version.clone(),
         last_seen_unix_ms: a.last_seen_unix_ms,
         hostname: a.hostname.clone(),
+        running: 0,
+    }
+}
+
+/// An agent as `ListAgents` answers: with its started processes.
+pub fn agent_load(a: &Agent, running: u32) -> AgentInfo {
+    AgentInfo {
+        running,
+        ..agent_info(a)
     }
 }
 

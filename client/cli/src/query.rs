@@ -322,6 +322,7 @@ pub async fn agents(g: &Global, a: FormatArgs) -> anyhow::Result<i32> {
                 "STATE",
                 "SLOTS",
                 "USED",
+                "RUNNING",
                 "LABELS",
                 "LAST SEEN",
                 "HOST",
@@ -337,6 +338,7 @@ pub async fn agents(g: &Global, a: FormatArgs) -> anyhow::Result<i32> {
                         x.state.as_str().into(),
                         x.slots.to_string(),
                         x.used.to_string(),
+                        x.running.to_string(),
                         if labels.is_empty() {
                             "-".into()
                         } else {

@@ -54,6 +54,7 @@ use procs::SignalPlan;
 use settle::Waiters;
 use table::Table;
 
+use crate::metrics::{AgentLoad, ServerMetrics, Snapshot};
 use crate::store::{Pending, Store};
 use crate::validate;
 
@@ -98,6 +99,9 @@ pub fn new_id() -> String {
 struct State {
     table: Table,
     waiters: Waiters,
+    /// When each start not yet launched was recorded (for the
+    /// start→launched latency); dropped when the process settles.
+    start_clock: HashMap<String, Instant>,
 }
 
 /// A Terminate/Kill waiting for its node to confirm the signal was sent.
@@ -115,23 +119,57 @@ pub struct Core {
     next_request: AtomicU64,
     /// Bumped when the agent registry changes (registered, disconnected, lost).
     agents_changed: watch::Sender<u64>,
+    metrics: ServerMetrics,
     pub timings: Timings,
 }
 
 impl Core {
     pub fn new(table: Table, store: Store, timings: Timings) -> Arc<Core> {
+        let metrics = ServerMetrics::new(store.commit_seconds());
         Arc::new(Core {
             state: Mutex::new(State {
                 table,
                 waiters: Waiters::default(),
+                start_clock: HashMap::new(),
             }),
             outbox: Outbox::new(store),
             logs: LogRoutes::default(),
             signals: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
             agents_changed: watch::channel(0).0,
+            metrics,
             timings,
         })
+    }
+
+    /// The counters kept as things happen.
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
+    }
+
+    /// The table's numbers at this moment, for a scrape and `ListAgents`.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut st = self.lock();
+        let t = &mut st.table;
+        let oldest_queued = t.oldest_queued().map(|p| {
+            Duration::from_millis(u64::try_from(now_ms() - p.created_unix_ms).unwrap_or(0))
+        });
+        let agents = t
+            .agents()
+            .values()
+            .map(|a| AgentLoad {
+                name: a.name.clone(),
+                state: a.state,
+                slots: a.slots,
+                used: a.used(),
+                running: t.started_on(&a.name),
+            })
+            .collect();
+        Snapshot {
+            counts: t.counts(),
+            oldest_queued,
+            agents,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -148,6 +186,13 @@ impl Core {
     fn apply(&self, st: &mut State, fx: Effects) -> Pending {
         for id in &fx.touched {
             st.waiters.wake(id);
+        }
+        if !st.start_clock.is_empty() {
+            for p in fx.procs() {
+                if p.state.is_settled() {
+                    st.start_clock.remove(&p.id);
+                }
+            }
         }
         if fx.agents_changed {
             self.agents_changed.send_modify(|g| *g = g.wrapping_add(1));

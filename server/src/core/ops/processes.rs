@@ -24,6 +24,9 @@ impl Core {
         let (id, pending) = {
             let mut st = self.lock();
             let started = procs::start(&mut st.table, spec, new_id, now_ms())?;
+            if started.created {
+                st.start_clock.insert(started.id.clone(), Instant::now());
+            }
             let pending = self.apply(&mut st, started.effects);
             (started.id, pending)
         };
