@@ -13,8 +13,8 @@ use tokio::sync::mpsc;
 
 use crate::config::AgentConfig;
 pub use crate::error::AgentError;
-use crate::metrics::AgentMetrics;
 use crate::launcher::{ExitRecord, Hello, Launcher, LauncherClient, LauncherEvent};
+use crate::metrics::AgentMetrics;
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
 use crate::session::{self, Ctx};

@@ -92,8 +92,7 @@ impl NodeState {
             if !g.unacked.contains_key(&e.process_id) {
                 g.send(Msg::Exited(e.clone()));
                 self.metrics.exited(e.exitcode);
-                g.unacked_since
-                    .insert(e.process_id.clone(), Instant::now());
+                g.unacked_since.insert(e.process_id.clone(), Instant::now());
                 g.unacked.insert(e.process_id.clone(), e);
             }
         }
@@ -175,8 +174,7 @@ impl NodeState {
         g.send(Msg::Exited(e.clone()));
         if !g.unacked.contains_key(&e.process_id) {
             self.metrics.exited(e.exitcode);
-            g.unacked_since
-                .insert(e.process_id.clone(), Instant::now());
+            g.unacked_since.insert(e.process_id.clone(), Instant::now());
         }
         g.unacked.insert(e.process_id.clone(), e);
         drop(g);

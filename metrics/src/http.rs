@@ -143,8 +143,10 @@ fn answer(registry: &Registry, req: &Request<Incoming>) -> Response<Full<Bytes>>
     let plain = |status: StatusCode, text: &str| {
         let mut r = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
         *r.status_mut() = status;
-        r.headers_mut()
-            .insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("ASCII"));
+        r.headers_mut().insert(
+            CONTENT_TYPE,
+            "text/plain; charset=utf-8".parse().expect("ASCII"),
+        );
         r
     };
     if req.uri().path() != PATH {
@@ -251,7 +253,11 @@ mod tests {
             .unwrap();
         let close = "Connection: close\r\nHost: x\r\n\r\n";
         let om = "Accept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\n";
-        let ok = get(l.local_addr(), &format!("GET /metrics HTTP/1.1\r\n{om}{close}")).await;
+        let ok = get(
+            l.local_addr(),
+            &format!("GET /metrics HTTP/1.1\r\n{om}{close}"),
+        )
+        .await;
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         assert!(ok.contains(CONTENT_TYPE_OPENMETRICS), "{ok}");
         assert!(
@@ -269,7 +275,14 @@ mod tests {
         );
         let other = get(l.local_addr(), &format!("GET / HTTP/1.1\r\n{close}")).await;
         assert!(other.starts_with("HTTP/1.1 404 Not Found\r\n"), "{other}");
-        let post = get(l.local_addr(), &format!("POST /metrics HTTP/1.1\r\n{close}")).await;
-        assert!(post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{post}");
+        let post = get(
+            l.local_addr(),
+            &format!("POST /metrics HTTP/1.1\r\n{close}"),
+        )
+        .await;
+        assert!(
+            post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{post}"
+        );
     }
 }

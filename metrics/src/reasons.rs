@@ -44,8 +44,14 @@ mod tests {
 
     #[test]
     fn os_reasons_map_to_fixed_labels() {
-        assert_eq!(launch_failure("No such file or directory (os error 2)"), "not_found");
-        assert_eq!(launch_failure("Permission denied (os error 13)"), "permission_denied");
+        assert_eq!(
+            launch_failure("No such file or directory (os error 2)"),
+            "not_found"
+        );
+        assert_eq!(
+            launch_failure("Permission denied (os error 13)"),
+            "permission_denied"
+        );
         assert_eq!(launch_failure("something new"), "other");
         assert_eq!(launch_failure_index("something new"), 5);
     }

@@ -243,7 +243,11 @@ impl Collector for Scrape {
             MetricType::Gauge,
             ConstGauge::new(s.oldest_queued.unwrap_or_default().as_secs_f64()),
         )?;
-        let states = [AgentState::Ready, AgentState::Disconnected, AgentState::Lost];
+        let states = [
+            AgentState::Ready,
+            AgentState::Disconnected,
+            AgentState::Lost,
+        ];
         family(
             &mut e,
             "mpctl_agents",

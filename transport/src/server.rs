@@ -34,7 +34,9 @@ use crate::admission::{Admission, Crowded, Ticket};
 use crate::authkey::AuthKey;
 use crate::error::TransportError;
 use crate::failure_log::FailureLog;
-pub use crate::failure_log::{HandshakeFailures, FAILURE_LOG_INTERVAL, REASONS as HANDSHAKE_FAILURE_REASONS};
+pub use crate::failure_log::{
+    HandshakeFailures, FAILURE_LOG_INTERVAL, REASONS as HANDSHAKE_FAILURE_REASONS,
+};
 use crate::handshake::{self, HANDSHAKE_TIMEOUT, PLAINTEXT_BINDING};
 use crate::io::Conn;
 use crate::keys::{check_listen_addr, Role, Security};

@@ -282,13 +282,7 @@ pub async fn agent(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
     );
     let metrics = std::sync::Arc::new(mpctl_agent::AgentMetrics::new());
     let _metrics = a.observe.serve_metrics(|r| metrics.register(r)).await?;
-    mpctl_agent::run_observed(
-        config,
-        a.health.health_listen,
-        metrics,
-        shutdown_signal(),
-    )
-    .await?;
+    mpctl_agent::run_observed(config, a.health.health_listen, metrics, shutdown_signal()).await?;
     Ok(0)
 }
 

@@ -189,8 +189,18 @@ impl Core {
         }
         if !st.start_clock.is_empty() {
             for p in fx.procs() {
-                if p.state.is_settled() {
-                    st.start_clock.remove(&p.id);
+                // Launched: confirmed, or proven by an exit that overtook
+                // the confirmation (the node reports both on one stream,
+                // from two tasks). A queued process stopped by a signal
+                // never ran (no pid).
+                let ran =
+                    p.state == ProcState::Started || (p.state == ProcState::Stopped && p.pid != 0);
+                if ran || p.state.is_settled() {
+                    if let Some(t0) = st.start_clock.remove(&p.id) {
+                        if ran {
+                            self.metrics.launched_after(t0.elapsed());
+                        }
+                    }
                 }
             }
         }

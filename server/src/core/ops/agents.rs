@@ -40,11 +40,6 @@ impl Core {
         let pending = {
             let mut st = self.lock();
             let fx = procs::launched(&mut st.table, agent, id, pid, at_ms);
-            if !fx.is_empty() {
-                if let Some(t0) = st.start_clock.remove(id) {
-                    self.metrics.launched_after(t0.elapsed());
-                }
-            }
             self.apply(&mut st, fx)
         };
         in_background(pending);
