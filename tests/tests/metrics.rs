@@ -344,3 +344,35 @@ fn metrics_reach_prometheus_exactly() {
     promtool_check(&promtool, &scrape(&coordinator), "coordinator");
     promtool_check(&promtool, &scrape(&agent), "agent");
 }
+
+/// `--log-format json`: every log line of the daemon is one JSON object.
+#[test]
+fn json_log_lines() {
+    let tc = TestCluster::start(Options {
+        server_args: vec!["--log-format".into(), "json".into()],
+        ..Options::default()
+    });
+    let server = tc.server.as_ref().expect("server");
+    server.wait_line("coordinator serving", mpctl_tests::READY);
+    let log = server.log_text();
+    let lines: Vec<Value> = log
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|v| v["fields"]["message"] == "coordinator serving")
+        .unwrap_or_else(|| panic!("no JSON line for the start:\n{log}"));
+    assert_eq!(serving["level"], "INFO");
+    assert_eq!(serving["target"], "mpctl_server::daemon");
+    assert!(serving["timestamp"].is_string());
+    // No trace context without tracing: no trace id.
+    assert!(serving.get("trace_id").is_none());
+    // The only lines that are not JSON are the CLI's own (`mpctl server: …`).
+    assert!(
+        log.lines()
+            .all(|l| l.starts_with('{') || l.starts_with("mpctl")),
+        "{log}"
+    );
+}
