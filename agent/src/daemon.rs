@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::config::AgentConfig;
 pub use crate::error::AgentError;
 use crate::launcher::{ExitRecord, Hello, Launcher, LauncherClient, LauncherEvent};
+use crate::metrics::AgentMetrics;
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
 use crate::session::{self, Ctx};
@@ -38,6 +39,17 @@ pub async fn run_with_health(
     health: Option<std::net::SocketAddr>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError> {
+    run_observed(config, health, Arc::default(), shutdown).await
+}
+
+/// [`run_with_health`], counting into `metrics` (registered by the caller
+/// with a metrics listener, see [`crate::metrics`]).
+pub async fn run_observed(
+    config: AgentConfig,
+    health: Option<std::net::SocketAddr>,
+    metrics: Arc<AgentMetrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError> {
     let config = Arc::new(config);
     let launcher_dir = config.data_dir.join("launcher");
     let procs_dir = config.data_dir.join("procs");
@@ -54,7 +66,8 @@ pub async fn run_with_health(
     }
     let (client, hello, events) =
         LauncherClient::connect_or_start(&launcher_dir, &config.launcher_cmd).await?;
-    let state = Arc::new(NodeState::new());
+    let state = Arc::new(NodeState::new(Arc::clone(&metrics)));
+    metrics.attach(Arc::clone(&state));
     report_journal_damage(&hello);
     state.set_journal_damage(damage_summary(&hello));
     state.adopt(&hello.running, exit_reports(hello.exited));

@@ -14,7 +14,7 @@
 //!   `output_watch`), and relays pool workers' tasks and results over a
 //!   node-local socket ([`pool_relay`]). With a health address it serves
 //!   `grpc.health.v1` there, ready once registered with its launcher
-//!   connected (`health`).
+//!   connected (`health`); its counters for Prometheus are in [`metrics`].
 //!
 //! Modules only import downwards: [`daemon`] runs sessions ([`session`]),
 //! which use [`launcher`], `state`, [`logs`] and [`pool_relay`]; the error
@@ -29,10 +29,12 @@ mod health;
 pub mod identity;
 pub mod launcher;
 pub mod logs;
+pub mod metrics;
 mod output_watch;
 pub mod pool_relay;
 mod session;
 mod state;
 
 pub use config::AgentConfig;
-pub use daemon::{run, run_with_health, AgentError};
+pub use daemon::{run, run_observed, run_with_health, AgentError};
+pub use metrics::AgentMetrics;

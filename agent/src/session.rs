@@ -292,6 +292,7 @@ async fn launch(
     let outcome = launch_inner(&config, &launcher, &procs_dir, &relay, &l).await;
     match outcome {
         Ok(launched) => {
+            state.metrics().launched();
             state.launch_done(&id, Some(launched.pid));
             state.send(Msg::Launched(Launched {
                 process_id: id,
@@ -303,6 +304,7 @@ async fn launch(
             relay.forget(&id);
             state.launch_done(&id, None);
             tracing::info!(process = %id, %error, "launch failed");
+            state.metrics().launch_failed(&error);
             state.send(Msg::LaunchFailed(LaunchFailed {
                 process_id: id,
                 error,

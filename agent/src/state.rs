@@ -6,7 +6,8 @@
 //! after it, never neither.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use mpctl_proto::v1::{
     agent_message::Msg, AgentMessage, Exited, JournalDamage, Resync, RunningProcess,
@@ -14,6 +15,7 @@ use mpctl_proto::v1::{
 use tokio::sync::{mpsc, watch};
 
 use crate::launcher::{ExitRecord, RunningRecord};
+use crate::metrics::AgentMetrics;
 
 pub type SessionTx = mpsc::UnboundedSender<AgentMessage>;
 
@@ -23,6 +25,8 @@ struct Inner {
     launching: HashSet<String>,
     exited_while_launching: HashSet<String>,
     unacked: BTreeMap<String, Exited>,
+    /// When each unacknowledged exit reached this agent (for the metrics).
+    unacked_since: HashMap<String, Instant>,
     session: Option<SessionTx>,
     /// What the launcher last said about damage in its exit journal.
     journal_damage: Option<JournalDamage>,
@@ -52,8 +56,18 @@ impl Inner {
     }
 }
 
+/// The node's gauges at one moment, for a scrape.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Gauges {
+    pub running: usize,
+    pub launching: usize,
+    pub unacked: usize,
+    pub registered: bool,
+}
+
 pub struct NodeState {
     inner: Mutex<Inner>,
+    metrics: Arc<AgentMetrics>,
     exits: watch::Sender<u64>,
     /// Changes whenever an ack removes an exit from `unacked`.
     acks: watch::Sender<()>,
@@ -72,9 +86,10 @@ pub fn exited_message(e: &ExitRecord, result: Option<Vec<u8>>) -> Exited {
 }
 
 impl NodeState {
-    pub fn new() -> NodeState {
+    pub fn new(metrics: Arc<AgentMetrics>) -> NodeState {
         NodeState {
             inner: Mutex::new(Inner::default()),
+            metrics,
             exits: watch::channel(0).0,
             acks: watch::channel(()).0,
         }
@@ -92,6 +107,8 @@ impl NodeState {
         for e in exited {
             if !g.unacked.contains_key(&e.process_id) {
                 g.send(Msg::Exited(e.clone()));
+                self.metrics.exited(e.exitcode);
+                g.unacked_since.insert(e.process_id.clone(), Instant::now());
                 g.unacked.insert(e.process_id.clone(), e);
             }
         }
@@ -176,6 +193,7 @@ impl NodeState {
     pub fn adopted(&self, l: crate::launcher::Launched) {
         let mut g = self.lock();
         g.running.insert(l.id.clone(), l.pid);
+        self.metrics.launched();
         g.send(Msg::Launched(mpctl_proto::v1::Launched {
             process_id: l.id,
             pid: l.pid,
@@ -191,14 +209,39 @@ impl NodeState {
             g.exited_while_launching.insert(e.process_id.clone());
         }
         g.send(Msg::Exited(e.clone()));
+        if !g.unacked.contains_key(&e.process_id) {
+            self.metrics.exited(e.exitcode);
+            g.unacked_since.insert(e.process_id.clone(), Instant::now());
+        }
         g.unacked.insert(e.process_id.clone(), e);
         drop(g);
         self.exits.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     pub fn acked(&self, id: &str) {
-        self.lock().unacked.remove(id);
+        let mut g = self.lock();
+        g.unacked.remove(id);
+        if let Some(t0) = g.unacked_since.remove(id) {
+            self.metrics.acknowledged_after(t0.elapsed());
+        }
+        drop(g);
         self.acks.send_replace(());
+    }
+
+    /// The counters of this node (launches are counted by the session).
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+
+    /// What the metrics' gauges show now.
+    pub fn gauges(&self) -> Gauges {
+        let g = self.lock();
+        Gauges {
+            running: g.running.len(),
+            launching: g.launching.len(),
+            unacked: g.unacked.len(),
+            registered: g.registered,
+        }
     }
 
     /// Resolves when no exit waits for the coordinator's ack.

@@ -67,6 +67,7 @@ pub struct CoordinatorConfig {
 pub struct Coordinator {
     local_addr: SocketAddr,
     core: Arc<Core>,
+    handshakes: Arc<mpctl_transport::HandshakeFailures>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -120,6 +121,7 @@ impl Coordinator {
             config.security,
             &[Role::Client, Role::Agent, Role::Job],
         )?;
+        let handshakes = auth.handshake_failures();
         let (store, loaded) = Store::open(&db_path)?;
         let now = tokio::time::Instant::now();
         let table = Table::restore(
@@ -202,6 +204,7 @@ impl Coordinator {
         Ok(Coordinator {
             local_addr,
             core,
+            handshakes,
             stop: Some(stop),
             task,
         })
@@ -219,6 +222,16 @@ impl Coordinator {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Adds the coordinator's metric families to `registry`
+    /// (see [`crate::metrics`]).
+    pub fn register_metrics(&self, registry: &mut mpctl_metrics::Registry) {
+        crate::metrics::register(
+            registry,
+            Arc::clone(&self.core),
+            Arc::clone(&self.handshakes),
+        );
     }
 
     /// Waits until an agent called `name` is registered and ready.

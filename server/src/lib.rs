@@ -21,7 +21,7 @@
 //! wait, start, signal) sleep on per-process notifications; output is
 //! routed apart from the table.
 //! [`health`] says when the coordinator is ready, for the plaintext health
-//! listener.
+//! listener; [`metrics`] holds what it exports to Prometheus.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +29,7 @@ pub mod agent_service;
 pub mod core;
 pub mod daemon;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod process_service;
 pub mod scope;

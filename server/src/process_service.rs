@@ -189,7 +189,7 @@ impl ProcessManager for ProcessService {
     ) -> Result<Response<ListAgentsResponse>, Status> {
         client_only(&caller(&self.core, &req)?, "listing agents")?;
         Ok(Response::new(ListAgentsResponse {
-            agents: self.core.agents(wire::agent_info),
+            agents: self.core.agents_with_load(wire::agent_load),
         }))
     }
 

@@ -169,6 +169,8 @@ pub struct Store {
     /// Test seam: every commit fails as on a full disk while set.
     #[cfg_attr(not(test), allow(dead_code))]
     inject_full: Arc<std::sync::atomic::AtomicBool>,
+    /// How long each commit took (the transaction and its sync).
+    commit_seconds: mpctl_metrics::Seconds,
 }
 
 /// A submitted batch; await it to know it is durable.
@@ -241,6 +243,7 @@ impl Store {
         let loaded = load(&conn, path)?;
         let (tx, rx) = std_mpsc::channel::<Msg>();
         let failing = Arc::new(Mutex::new(None));
+        let commit_seconds = mpctl_metrics::Seconds::default();
         let inject_full = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = Writer {
             inject_full: Arc::clone(&inject_full),
@@ -251,6 +254,7 @@ impl Store {
             repair: Vec::new(),
             failing: Arc::clone(&failing),
             last_seq: 0,
+            commit_seconds: commit_seconds.clone(),
         };
         std::thread::Builder::new()
             .name("mpctl-store".into())
@@ -264,9 +268,15 @@ impl Store {
                 tx,
                 failing,
                 inject_full,
+                commit_seconds,
             },
             loaded,
         ))
+    }
+
+    /// The commit latency histogram (clones share it), for the metrics.
+    pub fn commit_seconds(&self) -> mpctl_metrics::Seconds {
+        self.commit_seconds.clone()
     }
 
     /// Tells the writer whom to report commits and failures to.
@@ -416,6 +426,7 @@ struct Writer {
     /// The highest batch number seen.
     last_seq: u64,
     inject_full: Arc<std::sync::atomic::AtomicBool>,
+    commit_seconds: mpctl_metrics::Seconds,
 }
 
 impl Writer {
@@ -502,7 +513,10 @@ impl Writer {
                 Some("injected by a test".into()),
             ))
         } else {
-            commit(&mut self.conn, &self.repair, &jobs, probe)
+            let began = Instant::now();
+            let r = commit(&mut self.conn, &self.repair, &jobs, probe);
+            self.commit_seconds.observe(began.elapsed());
+            r
         };
         match result {
             Ok(()) => {

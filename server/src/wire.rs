@@ -239,6 +239,15 @@ pub fn agent_info(a: &Agent) -> AgentInfo {
             kept_file: d.kept_file.clone(),
             suspect_ids: d.suspect_ids.clone(),
         }),
+        running: 0,
+    }
+}
+
+/// An agent as `ListAgents` answers: with its started processes.
+pub fn agent_load(a: &Agent, running: u32) -> AgentInfo {
+    AgentInfo {
+        running,
+        ..agent_info(a)
     }
 }
 

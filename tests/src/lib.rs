@@ -128,6 +128,9 @@ pub struct Options {
     pub lease_ms: u64,
     pub heartbeat_ms: u64,
     pub log_filter: String,
+    /// More arguments for `mpctl server` and for every `mpctl agent`.
+    pub server_args: Vec<String>,
+    pub agent_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -136,6 +139,8 @@ impl Default for Options {
             lease_ms: 10_000,
             heartbeat_ms: 500,
             log_filter: "info".into(),
+            server_args: Vec::new(),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -218,6 +223,7 @@ impl TestCluster {
             "--heartbeat-ms",
             &self.options.heartbeat_ms.to_string(),
         ]);
+        cmd.args(&self.options.server_args);
         let server = Daemon::spawn(cmd);
         let line = server.wait_line("listening on", READY);
         self.addr = line
@@ -255,6 +261,7 @@ impl TestCluster {
         for l in labels {
             cmd.args(["--label", l]);
         }
+        cmd.args(&self.options.agent_args);
         let agent = Daemon::spawn(cmd);
         agent.wait_line("registered with the coordinator", READY);
         self.agents.insert(name.to_owned(), agent);

@@ -201,6 +201,7 @@ fn agents_listing() {
     assert_eq!(agents[0]["state"], "ready");
     assert_eq!(agents[0]["slots"], 3);
     assert_eq!(agents[0]["used"], 0);
+    assert_eq!(agents[0]["running"], 0);
     let table = stdout(&tc.cli(&["agents"]));
     assert!(table.starts_with("NAME"), "{table}");
 }

@@ -10,7 +10,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::TransportError;
@@ -39,6 +40,50 @@ fn kind(e: &TransportError) -> &'static str {
     }
 }
 
+/// The reasons a connection can fail before authentication, as metric
+/// labels: snake case, a fixed set.
+pub const REASONS: [&str; 9] = [
+    "bad_proof",
+    "role_refused",
+    "silent",
+    "too_slow",
+    "dropped_for_room",
+    "tls_failed",
+    "not_mpctl",
+    "closed",
+    "other",
+];
+
+/// The label of `e` among [`REASONS`].
+fn reason(e: &TransportError) -> usize {
+    match e {
+        TransportError::ClientNotAuthenticated { .. } => 0,
+        TransportError::RoleNotAccepted { .. } => 1,
+        TransportError::NoHandshakeBytes { .. } => 2,
+        TransportError::HandshakeTimeout { .. } => 3,
+        TransportError::Crowded { .. } => 4,
+        TransportError::Tls { .. } => 5,
+        TransportError::Protocol { .. } => 6,
+        TransportError::HandshakeIo { .. } => 7,
+        _ => 8,
+    }
+}
+
+/// Every failed handshake of a listener since it started, by reason: the
+/// numbers a metrics endpoint exports (atomic, so counting takes no lock
+/// beyond the log's own).
+#[derive(Debug, Default)]
+pub struct HandshakeFailures {
+    counts: [AtomicU64; REASONS.len()],
+}
+
+impl HandshakeFailures {
+    /// `(reason, count)` for each of [`REASONS`], in that order.
+    pub fn snapshot(&self) -> [(&'static str, u64); REASONS.len()] {
+        std::array::from_fn(|i| (REASONS[i], self.counts[i].load(Ordering::Relaxed)))
+    }
+}
+
 #[derive(Debug, Default)]
 struct Window {
     /// Failures logged in full in this interval, by kind.
@@ -53,13 +98,15 @@ struct Window {
 pub(crate) struct FailureLog {
     interval: Duration,
     window: Mutex<Window>,
+    totals: Arc<HandshakeFailures>,
 }
 
 impl FailureLog {
-    pub(crate) fn new(interval: Duration) -> FailureLog {
+    pub(crate) fn new(interval: Duration, totals: Arc<HandshakeFailures>) -> FailureLog {
         FailureLog {
             interval,
             window: Mutex::new(Window::default()),
+            totals,
         }
     }
 
@@ -70,6 +117,7 @@ impl FailureLog {
     /// Logs `e` for `peer`, or counts it if [`FULL_LINES_PER_KIND`] of its
     /// kind were logged in this interval.
     pub(crate) fn record(&self, peer: SocketAddr, e: &TransportError) {
+        self.totals.counts[reason(e)].fetch_add(1, Ordering::Relaxed);
         let kind = kind(e);
         let last = {
             let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());

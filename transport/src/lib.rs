@@ -44,5 +44,6 @@ pub use credentials::JobKey;
 pub use error::TransportError;
 pub use keys::{check_connect_addr, check_listen_addr, Role, RoleKey, Security};
 pub use server::{
-    incoming, require_role, AuthenticatedStream, PeerIdentity, PendingLimits, ServerAuth,
+    incoming, require_role, AuthenticatedStream, HandshakeFailures, PeerIdentity, PendingLimits,
+    ServerAuth,
 };

@@ -34,7 +34,9 @@ use crate::admission::{Admission, Crowded, Ticket};
 use crate::authkey::AuthKey;
 use crate::error::TransportError;
 use crate::failure_log::FailureLog;
-pub use crate::failure_log::FAILURE_LOG_INTERVAL;
+pub use crate::failure_log::{
+    HandshakeFailures, FAILURE_LOG_INTERVAL, REASONS as HANDSHAKE_FAILURE_REASONS,
+};
 use crate::handshake::{self, HANDSHAKE_TIMEOUT, PLAINTEXT_BINDING};
 use crate::io::Conn;
 use crate::keys::{check_listen_addr, Role, Security};
@@ -68,6 +70,7 @@ pub struct ServerAuth {
     first_bytes_timeout: Duration,
     limits: PendingLimits,
     failure_log_interval: Duration,
+    failures: Arc<HandshakeFailures>,
 }
 
 impl std::fmt::Debug for ServerAuth {
@@ -103,6 +106,7 @@ impl ServerAuth {
             first_bytes_timeout: FIRST_BYTES_TIMEOUT,
             limits: PendingLimits::default(),
             failure_log_interval: FAILURE_LOG_INTERVAL,
+            failures: Arc::default(),
         })
     }
 
@@ -132,6 +136,12 @@ impl ServerAuth {
     pub fn with_failure_log_interval(mut self, interval: Duration) -> ServerAuth {
         self.failure_log_interval = interval;
         self
+    }
+
+    /// The failed handshakes of every listener using this `ServerAuth`
+    /// (and its clones), by reason, for the metrics endpoint.
+    pub fn handshake_failures(&self) -> Arc<HandshakeFailures> {
+        Arc::clone(&self.failures)
     }
 
     /// The security mode.
@@ -270,7 +280,10 @@ async fn accept_loop(
     tx: mpsc::Sender<AuthenticatedStream>,
 ) {
     let admission = Admission::new(auth.limits);
-    let failures = Arc::new(FailureLog::new(auth.failure_log_interval));
+    let failures = Arc::new(FailureLog::new(
+        auth.failure_log_interval,
+        Arc::clone(&auth.failures),
+    ));
     let every = failures.interval();
     let mut counts = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     counts.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

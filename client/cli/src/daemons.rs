@@ -75,6 +75,8 @@ pub struct DevArgs {
     node: NodeArgs,
     #[command(flatten)]
     lease: LeaseArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 #[derive(Args)]
@@ -89,6 +91,8 @@ pub struct ServerArgs {
     lease: LeaseArgs,
     #[command(flatten)]
     health: HealthListenArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 #[derive(Args)]
@@ -98,6 +102,35 @@ pub struct HealthListenArgs {
     /// served there
     #[arg(long, env = "MPCTL_HEALTH_LISTEN", value_name = "ADDR")]
     health_listen: Option<SocketAddr>,
+}
+
+/// How a daemon shows itself to operators: metrics and log lines.
+#[derive(Args)]
+pub struct ObserveArgs {
+    /// Also serve Prometheus metrics (OpenMetrics text) on ADDR at GET
+    /// /metrics, plaintext and unauthenticated; nothing else is served there
+    #[arg(long, env = "MPCTL_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Log lines as text or as one JSON object per line
+    #[arg(long, env = "MPCTL_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: crate::logging::LogFormat,
+}
+
+impl ObserveArgs {
+    /// Starts the metrics listener, if asked for, on what `register` adds.
+    async fn serve_metrics(
+        &self,
+        register: impl FnOnce(&mut mpctl_metrics::Registry),
+    ) -> anyhow::Result<Option<mpctl_metrics::MetricsListener>> {
+        let Some(addr) = self.metrics_listen else {
+            return Ok(None);
+        };
+        let mut registry = mpctl_metrics::Registry::default();
+        register(&mut registry);
+        let listener = mpctl_metrics::serve(addr, std::sync::Arc::new(registry)).await?;
+        eprintln!("mpctl: metrics on http://{}/metrics", listener.local_addr());
+        Ok(Some(listener))
+    }
 }
 
 #[derive(Args)]
@@ -121,6 +154,8 @@ pub struct AgentArgs {
     node: NodeArgs,
     #[command(flatten)]
     health: HealthListenArgs,
+    #[command(flatten)]
+    pub observe: ObserveArgs,
 }
 
 #[derive(Args)]
@@ -230,6 +265,10 @@ pub async fn server(g: &Global, a: ServerArgs) -> anyhow::Result<i32> {
     })
     .await?;
     eprintln!("mpctl server: listening on {}", coordinator.local_addr());
+    let _metrics = a
+        .observe
+        .serve_metrics(|r| coordinator.register_metrics(r))
+        .await?;
     let _health = match a.health.health_listen {
         Some(addr) => Some(
             mpctl_transport::health::serve(
@@ -256,7 +295,9 @@ pub async fn agent(g: &Global, a: AgentArgs) -> anyhow::Result<i32> {
         "mpctl agent: {} with {} slots, coordinator {}",
         config.name, config.slots, config.server
     );
-    mpctl_agent::run_with_health(config, a.health.health_listen, shutdown_signal()).await?;
+    let metrics = std::sync::Arc::new(mpctl_agent::AgentMetrics::new());
+    let _metrics = a.observe.serve_metrics(|r| metrics.register(r)).await?;
+    mpctl_agent::run_observed(config, a.health.health_listen, metrics, shutdown_signal()).await?;
     Ok(0)
 }
 
@@ -316,10 +357,25 @@ pub async fn dev(g: &Global, a: DevArgs) -> anyhow::Result<i32> {
     )?;
     let agent_name = config.name.clone();
     let slots = config.slots;
+    // One page for both: the coordinator's families and the node's
+    // (`mpctl_node_*`) never share a name.
+    let agent_metrics = std::sync::Arc::new(mpctl_agent::AgentMetrics::new());
+    let _metrics = a
+        .observe
+        .serve_metrics(|r| {
+            coordinator.register_metrics(r);
+            agent_metrics.register(r);
+        })
+        .await?;
     let (stop_agent, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut agent = tokio::spawn(mpctl_agent::run(config, async {
-        let _ = stopped.await;
-    }));
+    let mut agent = tokio::spawn(mpctl_agent::run_observed(
+        config,
+        None,
+        agent_metrics,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     if !coordinator
         .wait_for_agent(&agent_name, Duration::from_secs(10))
         .await

@@ -8,7 +8,7 @@
 //! inspect, join, wait, terminate, kill, logs, agents), [`map`] (command
 //! pools, with [`joblog`]), [`context`] (named clusters), [`daemons`] (dev,
 //! server, agent, keygen, launcher, health), with [`output`] for tables and
-//! JSON. This crate alone holds clap, indicatif, anyhow and
+//! JSON, and `logging` for the daemons' log lines (text or JSON). This crate alone holds clap, indicatif, anyhow and
 //! tracing-subscriber; the embedded cluster (`mpctl-embedded`) and the
 //! daemons (`mpctl-server`, `mpctl-agent`) are linked here and, for the
 //! embedded cluster, through the SDK's `embedded` feature.
@@ -20,6 +20,7 @@ mod context;
 mod daemons;
 mod follow;
 mod joblog;
+mod logging;
 pub mod map;
 mod output;
 mod query;
@@ -160,16 +161,6 @@ impl Global {
     }
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Parses, runs, and returns the process exit status.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -185,11 +176,14 @@ pub fn main() -> i32 {
         // Single-threaded by design: no runtime, no other threads.
         return daemons::launcher(args);
     }
-    let daemon = matches!(
-        cli.command,
-        Command::Dev(_) | Command::Server(_) | Command::Agent(_)
-    );
-    init_tracing(if daemon { "info" } else { "warn" });
+    match &cli.command {
+        Command::Dev(daemons::DevArgs { observe, .. })
+        | Command::Server(daemons::ServerArgs { observe, .. })
+        | Command::Agent(daemons::AgentArgs { observe, .. }) => {
+            logging::init(observe.log_format, "info")
+        }
+        _ => logging::init(logging::LogFormat::Text, "warn"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -45,6 +45,7 @@ pub fn agent_json(a: &AgentInfo) -> Value {
         "state": a.state.as_str(),
         "slots": a.slots,
         "used": a.used,
+        "running": a.running,
         "labels": a.labels,
         "version": a.version,
         "hostname": a.hostname,

@@ -354,6 +354,7 @@ pub async fn agents(g: &Global, a: AgentsArgs) -> anyhow::Result<i32> {
                 "STATE",
                 "SLOTS",
                 "USED",
+                "RUNNING",
                 "LABELS",
                 "LAST SEEN",
                 "HOST",
@@ -373,6 +374,7 @@ pub async fn agents(g: &Global, a: AgentsArgs) -> anyhow::Result<i32> {
                         },
                         x.slots.to_string(),
                         x.used.to_string(),
+                        x.running.to_string(),
                         if labels.is_empty() {
                             "-".into()
                         } else {

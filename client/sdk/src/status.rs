@@ -185,9 +185,13 @@ impl fmt::Display for AgentState {
 pub struct AgentInfo {
     pub name: String,
     pub state: AgentState,
-    /// Processes it may run at once, and how many it runs.
+    /// Processes it may run at once, and how many it holds (launching or
+    /// started).
     pub slots: u32,
     pub used: u32,
+    /// Of those, how many are started (the coordinator's
+    /// `mpctl_agent_processes_running`).
+    pub running: u32,
     pub labels: BTreeMap<String, String>,
     /// The agent's mpctl version.
     pub version: String,

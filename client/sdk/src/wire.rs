@@ -104,6 +104,7 @@ pub(crate) fn agent_info(a: proto::AgentInfo) -> Result<AgentInfo> {
         state,
         slots: a.slots,
         used: a.used,
+        running: a.running,
         labels: a.labels.into_iter().collect(),
         version: a.version,
         hostname: a.hostname,

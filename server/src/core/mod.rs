@@ -64,6 +64,7 @@ use procs::SignalPlan;
 use settle::Waiters;
 use table::{Table, Undo};
 
+use crate::metrics::{AgentLoad, ServerMetrics, Snapshot};
 use crate::store::{Op, Pending, Rollback, Sink, Store, WriteFailure};
 use crate::validate;
 
@@ -115,6 +116,9 @@ struct State {
     uncommitted: VecDeque<(u64, Vec<Undo>, Vec<String>)>,
     /// Processes with an uncommitted change: the number of its last batch.
     dirty: HashMap<String, u64>,
+    /// When each start not yet launched was recorded (for the
+    /// start→launched latency); dropped when the process settles.
+    start_clock: HashMap<String, Instant>,
 }
 
 impl State {
@@ -167,11 +171,13 @@ pub struct Core {
     agents_changed: watch::Sender<u64>,
     /// Node credentials (docs/design.md §10); see [`identity`].
     identities: Mutex<identity::NodeIdentities>,
+    metrics: ServerMetrics,
     pub timings: Timings,
 }
 
 impl Core {
     pub fn new(table: Table, store: Store, timings: Timings) -> Arc<Core> {
+        let metrics = ServerMetrics::new(store.commit_seconds());
         let mut table = table;
         table.take_undo();
         let core = Arc::new_cyclic(|me| Core {
@@ -182,6 +188,7 @@ impl Core {
                 seq: 0,
                 uncommitted: VecDeque::new(),
                 dirty: HashMap::new(),
+                start_clock: HashMap::new(),
             }),
             outbox: Outbox::new(store.clone()),
             store: store.clone(),
@@ -191,6 +198,7 @@ impl Core {
             next_request: AtomicU64::new(1),
             agents_changed: watch::channel(0).0,
             identities: Mutex::new(identity::NodeIdentities::default()),
+            metrics,
             timings,
         });
         let sink: Arc<dyn Sink> = core.clone();
@@ -201,6 +209,36 @@ impl Core {
     /// Why the store cannot commit, while it cannot (for readiness).
     pub fn store_failing(&self) -> Option<WriteFailure> {
         self.store.failing()
+    }
+
+    /// The counters kept as things happen.
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
+    }
+
+    /// The table's numbers at this moment, for a scrape and `ListAgents`.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut st = self.lock();
+        let t = &mut st.table;
+        let oldest_queued = t.oldest_queued().map(|p| {
+            Duration::from_millis(u64::try_from(now_ms() - p.created_unix_ms).unwrap_or(0))
+        });
+        let agents = t
+            .agents()
+            .values()
+            .map(|a| AgentLoad {
+                name: a.name.clone(),
+                state: a.state,
+                slots: a.slots,
+                used: a.used(),
+                running: t.started_on(&a.name),
+            })
+            .collect();
+        Snapshot {
+            counts: t.counts(),
+            oldest_queued,
+            agents,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -217,6 +255,23 @@ impl Core {
     /// the batch takes the table's record of what it replaced; the
     /// processes it changed wake their waiters once it is committed.
     fn apply(&self, st: &mut State, fx: Effects) -> Pending {
+        if !st.start_clock.is_empty() {
+            for p in fx.procs() {
+                // Launched: confirmed, or proven by an exit that overtook
+                // the confirmation (the node reports both on one stream,
+                // from two tasks). A queued process stopped by a signal
+                // never ran (no pid).
+                let ran =
+                    p.state == ProcState::Started || (p.state == ProcState::Stopped && p.pid != 0);
+                if ran || p.state.is_settled() {
+                    if let Some(t0) = st.start_clock.remove(&p.id) {
+                        if ran {
+                            self.metrics.launched_after(t0.elapsed());
+                        }
+                    }
+                }
+            }
+        }
         if fx.agents_changed {
             self.agents_changed.send_modify(|g| *g = g.wrapping_add(1));
         }

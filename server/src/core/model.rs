@@ -44,6 +44,101 @@ impl ProcState {
     pub fn is_final(self) -> bool {
         matches!(self, ProcState::Stopped | ProcState::Failed)
     }
+
+    /// Every state, in the order of [`ProcState::index`].
+    pub const ALL: [ProcState; 6] = [
+        ProcState::Queued,
+        ProcState::Launching,
+        ProcState::Started,
+        ProcState::Stopped,
+        ProcState::Failed,
+        ProcState::Lost,
+    ];
+
+    /// Its place in [`ProcState::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            ProcState::Queued => "queued",
+            ProcState::Launching => "launching",
+            ProcState::Started => "started",
+            ProcState::Stopped => "stopped",
+            ProcState::Failed => "failed",
+            ProcState::Lost => "lost",
+        }
+    }
+}
+
+/// How a process settled, as the metrics count it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Exit code 0.
+    ExitOk,
+    /// A positive exit code.
+    ExitError,
+    /// Killed by a signal (CPython's negative exit code).
+    Signal,
+    /// It could not be started.
+    StartError,
+    /// Its node was lost (it may still come back and settle again).
+    Lost,
+}
+
+impl Outcome {
+    /// Every outcome, in the order of [`Outcome::index`].
+    pub const ALL: [Outcome; 5] = [
+        Outcome::ExitOk,
+        Outcome::ExitError,
+        Outcome::Signal,
+        Outcome::StartError,
+        Outcome::Lost,
+    ];
+
+    /// How `p` settled, if it has.
+    pub fn of(p: &Proc) -> Option<Outcome> {
+        match (p.state, p.exitcode) {
+            (ProcState::Stopped, Some(0)) => Some(Outcome::ExitOk),
+            (ProcState::Stopped, Some(c)) if c > 0 => Some(Outcome::ExitError),
+            (ProcState::Stopped, _) => Some(Outcome::Signal),
+            (ProcState::Failed, _) => Some(Outcome::StartError),
+            (ProcState::Lost, _) => Some(Outcome::Lost),
+            _ => None,
+        }
+    }
+
+    /// Its place in [`Outcome::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Its name as a metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::ExitOk => "exit_ok",
+            Outcome::ExitError => "exit_error",
+            Outcome::Signal => "signal",
+            Outcome::StartError => "start_error",
+            Outcome::Lost => "lost",
+        }
+    }
+}
+
+/// Counts the table keeps as it changes (under its lock, so keeping them
+/// costs an add): processes in each state now, and every start and
+/// settlement since this coordinator started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// By [`ProcState::index`], restored processes included.
+    pub by_state: [u64; 6],
+    /// New processes recorded (a retried request id is not one).
+    pub starts: u64,
+    /// Settlements by [`Outcome::index`]; a lost process that comes back
+    /// and exits is counted again at its exit.
+    pub outcomes: [u64; 5],
 }
 
 /// CPython's start methods.

@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use super::model::{Agent, Proc, ProcState};
+use super::model::{Agent, Counts, Outcome, Proc, ProcState};
 
 /// The value a change replaced, to put back if its commit fails.
 #[derive(Clone, Debug)]
@@ -54,6 +54,7 @@ pub struct Table {
     live_pools: HashSet<String>,
     /// Changes since the last [`Table::take_undo`], oldest first.
     undo: Vec<Undo>,
+    counts: Counts,
 }
 
 impl Table {
@@ -87,7 +88,7 @@ impl Table {
                 let k = t.children_started.entry(p.parent_id.clone()).or_default();
                 *k = (*k).max(p.identity.last().copied().unwrap_or(0));
             }
-            t.insert(p);
+            t.add(p);
         }
         t.undo.clear();
         t
@@ -133,7 +134,13 @@ impl Table {
                 },
             }
         }
-        // The running sets follow from the processes.
+        // The running sets and the counts by state follow from the
+        // processes. (The _total counters keep what they counted: a change
+        // rolled back and made again counts twice.)
+        self.counts.by_state = Default::default();
+        for p in self.procs.values() {
+            self.counts.by_state[p.state.index()] += 1;
+        }
         for a in self.agents.values_mut() {
             a.running.clear();
         }
@@ -196,12 +203,19 @@ impl Table {
         self.by_request.get(request_id).map(String::as_str)
     }
 
-    /// Adds a process (new, or restored) with its indices.
+    /// Adds a new process with its indices, and counts its start.
     pub fn insert(&mut self, p: Proc) {
         self.undo.push(Undo::Proc {
             id: p.id.clone(),
             prior: self.procs.get(&p.id).cloned(),
         });
+        self.counts.starts += 1;
+        self.add(p);
+    }
+
+    /// Adds a process (new, or restored) with its indices.
+    fn add(&mut self, p: Proc) {
+        self.counts.by_state[p.state.index()] += 1;
         if !p.request_id.is_empty() {
             self.by_request.insert(p.request_id.clone(), p.id.clone());
         }
@@ -233,6 +247,13 @@ impl Table {
         let (was, old_node) = (p.state, p.node.clone());
         f(p);
         let (now, node) = (p.state, p.node.clone());
+        if now != was {
+            self.counts.by_state[was.index()] -= 1;
+            self.counts.by_state[now.index()] += 1;
+            if let Some(outcome) = Outcome::of(p) {
+                self.counts.outcomes[outcome.index()] += 1;
+            }
+        }
         if was.is_active() && (!now.is_active() || node != old_node) {
             if let Some(a) = self.agents.get_mut(&old_node) {
                 a.running.remove(id);
@@ -278,6 +299,38 @@ impl Table {
     /// The daemonic children of `parent`, in start order.
     pub fn daemon_children(&self, parent: &str) -> &[String] {
         self.daemon_children.get(parent).map_or(&[], Vec::as_slice)
+    }
+
+    /// Processes by state now, and starts and settlements so far.
+    pub fn counts(&self) -> Counts {
+        self.counts
+    }
+
+    /// The oldest queued process.
+    pub fn oldest_queued(&mut self) -> Option<&Proc> {
+        while let Some(id) = self.queue.front() {
+            match self.procs.get(id) {
+                Some(p) if p.state == ProcState::Queued => break,
+                _ => {
+                    self.queue.pop_front();
+                }
+            }
+        }
+        self.queue.front().and_then(|id| self.procs.get(id))
+    }
+
+    /// How many of `node`'s processes are started (not still launching).
+    pub fn started_on(&self, node: &str) -> u32 {
+        self.agents.get(node).map_or(0, |a| {
+            a.running
+                .iter()
+                .filter(|id| {
+                    self.procs
+                        .get(*id)
+                        .is_some_and(|p| p.state == ProcState::Started)
+                })
+                .count() as u32
+        })
     }
 
     /// The queued processes, oldest first.

@@ -689,3 +689,36 @@ fn revert_leaves_the_table_as_before_the_changes() {
     assert_eq!((used(&t, "n1"), t.next_number()), (0, 1));
     assert!(t.queued().is_empty());
 }
+
+#[test]
+fn the_table_counts_starts_states_and_each_outcome_once() {
+    let (mut t, _) = cluster(4);
+    for id in ["p1", "p2", "p3", "p4"] {
+        start(&mut t, cmd(&["x"]), id);
+    }
+    start(&mut t, cmd(&["queued"]), "p5");
+    let c = t.counts();
+    assert_eq!(c.starts, 5);
+    assert_eq!(c.by_state[ProcState::Launching.index()], 4);
+    assert_eq!(c.by_state[ProcState::Queued.index()], 1);
+    for (id, pid) in [("p1", 1), ("p2", 2), ("p3", 3)] {
+        procs::launched(&mut t, "n1", id, pid, T0_MS);
+    }
+    procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    procs::exited(&mut t, "n1", 1, exit("p2", 3), T0_MS);
+    // Reported twice: counted once.
+    procs::exited(&mut t, "n1", 1, exit("p2", 3), T0_MS);
+    procs::exited(&mut t, "n1", 1, exit("p3", -15), T0_MS);
+    procs::launch_failed(&mut t, "n1", "p4", "No such file or directory", T0_MS);
+    let c = t.counts();
+    assert_eq!(c.starts, 5);
+    assert_eq!(c.outcomes.map(|n| n as i64), [1, 1, 1, 1, 0]);
+    assert_eq!(c.by_state[ProcState::Stopped.index()], 3);
+    assert_eq!(c.by_state[ProcState::Failed.index()], 1);
+    // p5 left the queue for the freed slots.
+    assert_eq!(c.by_state[ProcState::Queued.index()], 0);
+    assert_eq!(c.by_state[ProcState::Launching.index()], 1);
+    assert_eq!(c.by_state.iter().sum::<u64>(), 5);
+    assert!(t.oldest_queued().is_none());
+    assert_eq!(t.started_on("n1"), 0);
+}

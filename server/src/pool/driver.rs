@@ -298,7 +298,10 @@ impl Driver {
             (None, _) => Some((PoolErrorKind::PoolBroken, "Pool not running".to_owned())),
         };
         match refuse {
-            None => self.schedule.submit(tasks),
+            None => {
+                self.core.metrics().pool_tasks(tasks.len() as u64);
+                self.schedule.submit(tasks)
+            }
             Some((kind, message)) => self.results.extend(
                 tasks
                     .iter()
@@ -332,7 +335,20 @@ impl Driver {
         self.live.remove(&info.id);
         let was_ready = self.schedule.workers.get(&info.id).is_some_and(|w| w.ready);
         let exitcode = info.exitcode;
+        let retried = self.schedule.retried;
         let failed = self.schedule.worker_exited(&info.id, exitcode);
+        let metrics = self.core.metrics();
+        metrics.pool_retries(self.schedule.retried - retried);
+        metrics.pool_worker_lost(
+            failed
+                .iter()
+                .filter(|r| {
+                    r.error
+                        .as_ref()
+                        .is_some_and(|e| e.kind == PoolErrorKind::WorkerLost as i32)
+                })
+                .count() as u64,
+        );
         self.results.extend(failed);
         if info.state == ProcState::Failed {
             self.break_pool(format!(

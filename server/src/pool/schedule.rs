@@ -60,6 +60,8 @@ pub struct Schedule {
     pub workers: BTreeMap<String, Worker>,
     /// Moving average of the time a busy worker takes per task.
     service: Option<Duration>,
+    /// Tasks queued again after their worker died, since the pool began.
+    pub retried: u64,
 }
 
 /// The answer that fails task `id`.
@@ -83,6 +85,7 @@ impl Schedule {
             running: HashMap::new(),
             workers: BTreeMap::new(),
             service: None,
+            retried: 0,
         }
     }
 
@@ -203,6 +206,9 @@ impl Schedule {
             };
             if i == 0 {
                 task.lost += 1;
+                if task.lost <= self.limits.max_retries {
+                    self.retried += 1;
+                }
                 if task.lost > self.limits.max_retries {
                     let how = match exitcode {
                         Some(c) if c < 0 => format!("was killed by signal {}", -c),

@@ -128,6 +128,9 @@ impl Core {
         let pending = {
             let mut st = self.lock();
             let fx = procs::launch_failed(&mut st.table, agent, id, error, now_ms());
+            if !fx.is_empty() {
+                self.metrics.launch_failed(error);
+            }
             self.apply(&mut st, fx)
         };
         in_background(pending);
@@ -264,6 +267,16 @@ impl Core {
     /// that the caller does not need).
     pub fn agents<T>(&self, view: impl Fn(&Agent) -> T) -> Vec<T> {
         self.lock().table.agents().values().map(view).collect()
+    }
+
+    /// Each agent with its started processes, as `view` shows them.
+    pub fn agents_with_load<T>(&self, view: impl Fn(&Agent, u32) -> T) -> Vec<T> {
+        let st = self.lock();
+        st.table
+            .agents()
+            .values()
+            .map(|a| view(a, st.table.started_on(&a.name)))
+            .collect()
     }
 
     /// A receiver that sees every later change of the agent registry.

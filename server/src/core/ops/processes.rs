@@ -31,6 +31,9 @@ impl Core {
                     return Err(e);
                 }
             };
+            if started.created {
+                st.start_clock.insert(started.id.clone(), Instant::now());
+            }
             let pending = self.apply(&mut st, started.effects);
             (started.id, pending)
         };
