@@ -5,28 +5,29 @@
 //! does so only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set). While off, the
 //! layers here make no span and touch no header: one atomic load per call.
 //!
-//! - [`Traced`] wraps a client channel: one `client` span per RPC, its
-//!   context injected into the request's metadata (`traceparent`) by the
-//!   global propagator.
+//! - [`Traced`] wraps a client channel: one `client` span per RPC, child of
+//!   the current OpenTelemetry context, injected into the request's
+//!   metadata (`traceparent`) by the global propagator.
 //! - [`ServerLayer`] goes on a tonic server: one `server` span per RPC,
-//!   child of the caller's context taken from the metadata.
-//! - [`W3c`] is the context as the two W3C strings, for the hops that are
+//!   child of the caller's context taken from the metadata, and the current
+//!   context while the handler runs.
+//! - [`W3c`] is a context as the two W3C strings, for the hops that are
 //!   not HTTP headers (the `Launch` message, a child's environment).
 //!
-//! Spans made here have the target `mpctl::rpc`; the telemetry setups
-//! export only `mpctl*` targets, so hyper, h2 and tower never appear.
+//! The spans are made with the OpenTelemetry API (tracer `mpctl`), not as
+//! `tracing` spans, so this crate needs no subscriber, and nothing of
+//! hyper, h2 or tower is ever exported.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
 
+use futures::future::Either;
+use opentelemetry::context::{FutureExt, WithContext};
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::TraceContextExt;
-use opentelemetry::Context;
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tracing::instrument::Instrumented;
-use tracing::{Instrument, Span};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
@@ -40,13 +41,14 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// The trace id (32 hex digits) of the current span, for log lines; `None`
+/// The trace id (32 hex digits) of the current context (inside an RPC
+/// handler: the RPC's trace), for log lines; `None`
 /// when tracing is off or the current span is not traced.
 pub fn current_trace_id() -> Option<String> {
     if !enabled() {
         return None;
     }
-    let cx = Span::current().context();
+    let cx = Context::current();
     let sc = cx.span().span_context().clone();
     sc.is_valid().then(|| sc.trace_id().to_string())
 }
@@ -156,7 +158,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Instrumented<S::Future>;
+    type Future = Either<S::Future, WithContext<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -164,25 +166,29 @@ where
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         if !enabled() {
-            return self.inner.call(req).instrument(Span::none());
+            return Either::Left(self.inner.call(req));
         }
-        let span = tracing::info_span!(
-            target: "mpctl::rpc",
-            "rpc",
-            otel.name = rpc_name(req.uri().path()),
-            otel.kind = "client",
-            rpc.system = "grpc",
-        );
-        let cx = span.context();
+        let cx = rpc_span(req.uri().path(), SpanKind::Client, &Context::current());
         opentelemetry::global::get_text_map_propagator(|p| {
             p.inject_context(&cx, &mut HeaderInjector(req.headers_mut()))
         });
-        let fut = {
-            let _entered = span.enter();
-            self.inner.call(req)
-        };
-        fut.instrument(span)
+        Either::Right(self.inner.call(req).with_context(cx))
     }
+}
+
+/// A context whose active span is a new RPC span under `parent`; the span
+/// ends when the last clone of the context is dropped (with the call).
+fn rpc_span(path: &str, kind: SpanKind, parent: &Context) -> Context {
+    let tracer = opentelemetry::global::tracer("mpctl");
+    let span = tracer
+        .span_builder(rpc_name(path))
+        .with_kind(kind)
+        .with_attributes([
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.method", rpc_name(path)),
+        ])
+        .start_with_context(&tracer, parent);
+    parent.with_span(span)
 }
 
 /// The tonic server layer: a `server` span per RPC, child of the caller's.
@@ -209,7 +215,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Instrumented<S::Future>;
+    type Future = Either<S::Future, WithContext<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -217,25 +223,17 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         if !enabled() {
-            return self.inner.call(req).instrument(Span::none());
+            return Either::Left(self.inner.call(req));
         }
         let parent = opentelemetry::global::get_text_map_propagator(|p| {
             p.extract(&HeaderExtractor(req.headers()))
         });
-        let span = tracing::info_span!(
-            target: "mpctl::rpc",
-            "rpc",
-            otel.name = rpc_name(req.uri().path()),
-            otel.kind = "server",
-            rpc.system = "grpc",
-        );
-        // Fails only when the span is not traced (filtered out): nothing to join.
-        let _ = span.set_parent(parent);
+        let cx = rpc_span(req.uri().path(), SpanKind::Server, &parent);
         let fut = {
-            let _entered = span.enter();
+            let _attached = cx.clone().attach();
             self.inner.call(req)
         };
-        fut.instrument(span)
+        Either::Right(fut.with_context(cx))
     }
 }
 

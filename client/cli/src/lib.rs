@@ -7,7 +7,7 @@
 //! terminate, kill, logs, agents), [`map`] (command pools), [`daemons`]
 //! (dev, server, agent, keygen, launcher,
 //! health), with [`output`] for tables and
-//! JSON. This crate alone holds clap, indicatif, anyhow and
+//! JSON and `telemetry` for logs and trace export. This crate alone holds clap, indicatif, anyhow and
 //! tracing-subscriber; the embedded cluster (`mpctl-embedded`) and the
 //! daemons (`mpctl-server`, `mpctl-agent`) are linked here and, for the
 //! embedded cluster, through the SDK's `embedded` feature.
@@ -19,6 +19,7 @@ pub mod map;
 mod output;
 mod query;
 mod run;
+mod telemetry;
 
 use std::path::PathBuf;
 
@@ -121,16 +122,6 @@ impl Global {
     }
 }
 
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Parses, runs, and returns the process exit status.
 pub fn main() -> i32 {
     let cli = Cli::parse();
@@ -142,7 +133,6 @@ pub fn main() -> i32 {
         cli.command,
         Command::Dev(_) | Command::Server(_) | Command::Agent(_)
     );
-    init_tracing(if daemon { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -153,15 +143,56 @@ pub fn main() -> i32 {
             return EXIT_MPCTL;
         }
     };
-    runtime.block_on(async move {
-        match dispatch(cli).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("mpctl: {}", report(&e));
-                EXIT_MPCTL
+    // The trace exporter's connection lives on this runtime.
+    let traces = {
+        let _enter = runtime.enter();
+        telemetry::init(
+            if daemon { "info" } else { "warn" },
+            telemetry::service_name(&cli.command),
+        )
+    };
+    let cx = if daemon {
+        opentelemetry::Context::new()
+    } else {
+        telemetry::command_context(command_name(&cli.command))
+    };
+    let code = runtime.block_on(opentelemetry::context::FutureExt::with_context(
+        async move {
+            match dispatch(cli).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("mpctl: {}", report(&e));
+                    EXIT_MPCTL
+                }
             }
-        }
-    })
+        },
+        cx,
+    ));
+    traces.shutdown();
+    code
+}
+
+/// The subcommand's name, for its root span.
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Run(_) => "run",
+        Command::Submit(_) => "submit",
+        Command::Ps(_) => "ps",
+        Command::Inspect(_) => "inspect",
+        Command::Join(_) => "join",
+        Command::Wait(_) => "wait",
+        Command::Terminate(_) => "terminate",
+        Command::Kill(_) => "kill",
+        Command::Logs(_) => "logs",
+        Command::Map(_) => "map",
+        Command::Agents(_) => "agents",
+        Command::Dev(_) => "dev",
+        Command::Server(_) => "server",
+        Command::Agent(_) => "agent",
+        Command::Keygen(_) => "keygen",
+        Command::Health(_) => "health",
+        Command::Launcher(_) => "launcher",
+    }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {
