@@ -31,6 +31,7 @@ pub mod placement;
 pub mod procs;
 pub mod settle;
 pub mod table;
+pub mod trace;
 
 #[cfg(test)]
 mod tests;
@@ -48,7 +49,9 @@ use tokio::time::Instant;
 use effects::{Effects, ToNode};
 pub use error::CoreError;
 use logs::{Chunk, Delivery, LogReader, LogRoutes, Output};
-use model::{Agent, ExitReport, Method, Proc, ProcState, Registration, SignalAnswer, StartSpec};
+use model::{
+    Agent, ExitReport, Method, Proc, ProcState, ProcTrace, Registration, SignalAnswer, StartSpec,
+};
 use outbox::Outbox;
 use procs::SignalPlan;
 use settle::Waiters;
@@ -146,6 +149,12 @@ impl Core {
 
     /// Carries out a transition's effects, under the lock that made them.
     fn apply(&self, st: &mut State, fx: Effects) -> Pending {
+        // Settled processes end their spans (once: the table's copy drops it).
+        for p in fx.procs() {
+            if p.state.is_settled() && p.trace.is_live() {
+                st.table.update(&p.id, |t| t.trace.end(p));
+            }
+        }
         for id in &fx.touched {
             st.waiters.wake(id);
         }
