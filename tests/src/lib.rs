@@ -128,6 +128,8 @@ pub struct Options {
     pub lease_ms: u64,
     pub heartbeat_ms: u64,
     pub log_filter: String,
+    /// Extra environment of every daemon and CLI run (e.g. OTEL_*).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -136,6 +138,7 @@ impl Default for Options {
             lease_ms: 10_000,
             heartbeat_ms: 500,
             log_filter: "info".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -190,6 +193,7 @@ impl TestCluster {
             .env("RUST_LOG", &self.options.log_filter)
             .env("MPCTL_ADDR", &self.addr)
             .env("MPCTL_AUTHKEY_FILE", &self.key_path);
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 
