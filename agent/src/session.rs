@@ -20,14 +20,14 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use crate::config::AgentConfig;
 use crate::error::AgentError;
 use crate::launcher::{Bootstrap, LaunchError, LaunchSpec, Launcher};
-use mpctl_transport::trace::W3c;
-use opentelemetry::context::FutureExt as _;
-use opentelemetry::trace::{Status, TraceContextExt, Tracer};
-use opentelemetry::{Context, KeyValue};
 use crate::logs;
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
 use crate::state::NodeState;
+use mpctl_transport::trace::W3c;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 
 /// Environment variables a process gets from the node (everything else it
 /// gets is in its start request). The authkey is never among them.

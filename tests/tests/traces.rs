@@ -119,7 +119,9 @@ impl Receiver {
 }
 
 fn one<'a>(spans: &'a [Got], service: &str, name: &str) -> Option<&'a Got> {
-    spans.iter().find(|s| s.service == service && s.name == name)
+    spans
+        .iter()
+        .find(|s| s.service == service && s.name == name)
 }
 
 #[test]
@@ -185,11 +187,13 @@ fn one_trace_from_mpctl_run_into_the_childs_own_span() {
                 && s.parent == client.span_id
         })?;
         let process = spans.iter().find(|s| {
-            s.service == "mpctl-server" && s.name.starts_with("process ") && s.parent == server.span_id
+            s.service == "mpctl-server"
+                && s.name.starts_with("process ")
+                && s.parent == server.span_id
         })?;
-        let launch = spans
-            .iter()
-            .find(|s| s.service == "mpctl-agent" && s.name == "launch" && s.parent == process.span_id)?;
+        let launch = spans.iter().find(|s| {
+            s.service == "mpctl-agent" && s.name == "launch" && s.parent == process.span_id
+        })?;
         let child = one(spans, "traced-child", "traced_child_work")?;
         Some([client, server, process, launch, child].map(Clone::clone))
     }));
@@ -202,7 +206,10 @@ fn one_trace_from_mpctl_run_into_the_childs_own_span() {
         assert_eq!(s.trace_id, trace_id, "{s:?}");
     }
     // The process span: its id, name and outcome.
-    assert_eq!(process.attrs.get("mpctl.exitcode"), Some(&AnyValue::IntValue(0)));
+    assert_eq!(
+        process.attrs.get("mpctl.exitcode"),
+        Some(&AnyValue::IntValue(0))
+    );
     assert_eq!(
         process.attrs.get("mpctl.process.id"),
         Some(&AnyValue::StringValue(id.clone()))
@@ -215,16 +222,16 @@ fn one_trace_from_mpctl_run_into_the_childs_own_span() {
         process.attrs.get("mpctl.target"),
         Some(&AnyValue::StringValue("function".into()))
     );
-    assert_eq!(process.attrs.get("mpctl.lost"), Some(&AnyValue::BoolValue(false)));
+    assert_eq!(
+        process.attrs.get("mpctl.lost"),
+        Some(&AnyValue::BoolValue(false))
+    );
     assert!(
         matches!(process.attrs.get("process.pid"), Some(AnyValue::IntValue(p)) if *p > 0),
         "{process:?}"
     );
     // The child's TRACEPARENT names the process span, not the caller's.
-    assert_eq!(
-        traceparent,
-        format!("00-{trace_id}-{}-01", process.span_id)
-    );
+    assert_eq!(traceparent, format!("00-{trace_id}-{}-01", process.span_id));
     // The child's own span is a child of the process span.
     assert_eq!(child.parent, process.span_id);
     assert_eq!(child.attrs.get("answer"), Some(&AnyValue::IntValue(42)));

@@ -46,7 +46,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     function: Option<String>,
     /// The function's argument, as JSON (with --function)
-    #[arg(long, value_name = "JSON", default_value = "null", requires = "function")]
+    #[arg(
+        long,
+        value_name = "JSON",
+        default_value = "null",
+        requires = "function"
+    )]
     args: String,
     /// The command and its arguments (with --function: the program)
     #[arg(last = true, required = true, value_name = "COMMAND")]

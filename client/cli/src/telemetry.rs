@@ -50,7 +50,10 @@ pub fn init(default: &str, service: &str) -> Guard {
         }
     };
     let otel = telemetry.as_ref().map(|t| t.layer(mpctl_targets()));
-    let _ = tracing_subscriber::registry().with(fmt).with(otel).try_init();
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
     Guard(telemetry)
 }
 

@@ -141,7 +141,11 @@ impl Preparation {
     }
 
     /// The trace context of the process's span.
-    pub fn trace(mut self, traceparent: impl Into<String>, tracestate: impl Into<String>) -> Preparation {
+    pub fn trace(
+        mut self,
+        traceparent: impl Into<String>,
+        tracestate: impl Into<String>,
+    ) -> Preparation {
         self.traceparent = traceparent.into();
         self.tracestate = tracestate.into();
         self
