@@ -24,6 +24,10 @@ use crate::logs;
 use crate::output_watch::OutputWatcher;
 use crate::pool_relay::PoolRelay;
 use crate::state::NodeState;
+use mpctl_transport::trace::W3c;
+use opentelemetry::context::FutureExt as _;
+use opentelemetry::trace::{Status, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue};
 
 /// Environment variables a process gets from the node (everything else it
 /// gets is in its start request). The authkey is never among them.
@@ -51,7 +55,7 @@ pub async fn run(ctx: &Ctx) -> Result<(), AgentError> {
             source: e,
         })?;
     // Pool tasks and results travel in batches; see the coordinator's limit.
-    let mut client = AgentServiceClient::new(channel)
+    let mut client = AgentServiceClient::new(mpctl_transport::trace::Traced::new(channel))
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
     let (tx, rx) = mpsc::unbounded_channel::<AgentMessage>();
@@ -109,7 +113,7 @@ impl Drop for SessionTasks {
 
 async fn serve(
     ctx: &Ctx,
-    client: &mut AgentServiceClient<tonic::transport::Channel>,
+    client: &mut AgentServiceClient<mpctl_transport::trace::Traced<tonic::transport::Channel>>,
     tx: mpsc::UnboundedSender<AgentMessage>,
     rx: mpsc::UnboundedReceiver<AgentMessage>,
 ) -> Result<(), AgentError> {
@@ -279,6 +283,20 @@ fn child_env(
     env
 }
 
+/// The process span's context in the child's environment (`TRACEPARENT`,
+/// `TRACESTATE`: docs/node-contract.md), in place of any the caller set.
+fn with_trace(mut env: Vec<(String, String)>, l: &Launch) -> Vec<(String, String)> {
+    if l.traceparent.is_empty() {
+        return env;
+    }
+    env.retain(|(k, _)| k != node_env::TRACEPARENT && k != node_env::TRACESTATE);
+    env.push((node_env::TRACEPARENT.into(), l.traceparent.clone()));
+    if !l.tracestate.is_empty() {
+        env.push((node_env::TRACESTATE.into(), l.tracestate.clone()));
+    }
+    env
+}
+
 async fn launch(
     config: Arc<AgentConfig>,
     state: Arc<NodeState>,
@@ -289,7 +307,20 @@ async fn launch(
 ) {
     let id = l.process_id.clone();
     state.launching(&id);
-    let outcome = launch_inner(&config, &launcher, &procs_dir, &relay, &l).await;
+    let cx = launch_span(&config, &l);
+    let outcome = launch_inner(&config, &launcher, &procs_dir, &relay, &l)
+        .with_context(cx.clone())
+        .await;
+    if mpctl_transport::trace::enabled() {
+        let span = cx.span();
+        match &outcome {
+            Ok(launched) => {
+                span.set_attribute(KeyValue::new("process.pid", i64::from(launched.pid)))
+            }
+            Err(error) => span.set_status(Status::error(error.clone())),
+        }
+        span.end();
+    }
     match outcome {
         Ok(launched) => {
             state.metrics().launched();
@@ -311,6 +342,29 @@ async fn launch(
             }));
         }
     }
+}
+
+/// The agent's span for one launch, a child of the process span the
+/// coordinator sent (empty context when tracing is off).
+fn launch_span(config: &AgentConfig, l: &Launch) -> Context {
+    if !mpctl_transport::trace::enabled() {
+        return Context::new();
+    }
+    let parent = W3c {
+        traceparent: l.traceparent.clone(),
+        tracestate: l.tracestate.clone(),
+    }
+    .context();
+    let tracer = opentelemetry::global::tracer("mpctl");
+    let span = tracer
+        .span_builder("launch")
+        .with_attributes([
+            KeyValue::new("mpctl.process.id", l.process_id.clone()),
+            KeyValue::new("mpctl.process.name", l.name.clone()),
+            KeyValue::new("mpctl.node", config.name.clone()),
+        ])
+        .start_with_context(&tracer, &parent);
+    parent.with_span(span)
 }
 
 /// What to run: the command, or the function target's program in bootstrap
@@ -367,7 +421,8 @@ fn target(config: &AgentConfig, relay: &PoolRelay, l: &Launch) -> Result<Target,
                 security,
                 config.authkey.job_key(&l.process_id).expose_hex(),
             )
-            .adopt_socket(adopt_socket.to_string_lossy());
+            .adopt_socket(adopt_socket.to_string_lossy())
+            .trace(&l.traceparent, &l.tracestate);
             if let Some(w) = &f.pool_worker {
                 prep = prep.pool_worker(
                     relay.socket().to_string_lossy(),
@@ -426,7 +481,7 @@ async fn launch_inner(
     let spec = LaunchSpec {
         id: l.process_id.clone(),
         argv: target.argv,
-        env: child_env(config, &l.process_id, &l.name, &target.env),
+        env: with_trace(child_env(config, &l.process_id, &l.name, &target.env), l),
         cwd: Some(cwd),
         stdout_path,
         stderr_path,

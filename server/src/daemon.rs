@@ -169,6 +169,7 @@ impl Coordinator {
 
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .layer(mpctl_transport::trace::ServerLayer)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(ProcessManagerServer::new(ProcessService {

@@ -128,6 +128,8 @@ pub fn start_spec(r: StartRequest) -> StartSpec {
             log_limit_bytes: r.log_limit_bytes,
             limits: r.limits,
         },
+        // Made by `Core` once it knows the start is new.
+        trace: Default::default(),
     }
 }
 
@@ -154,6 +156,8 @@ pub fn process_info(p: &Proc) -> ProcessInfo {
         identity: p.identity.clone(),
         limits: p.launch.limits,
         pool_id: p.pool_id.clone(),
+        traceparent: p.trace.w3c.traceparent.clone(),
+        tracestate: p.trace.w3c.tracestate.clone(),
     }
 }
 
@@ -209,6 +213,10 @@ pub fn proc_from_row(info: ProcessInfo, request: StartRequest) -> Proc {
             function: request.function,
             log_limit_bytes: request.log_limit_bytes,
             limits: info.limits.or(request.limits),
+        }),
+        trace: crate::core::model::ProcTrace::stored(mpctl_transport::trace::W3c {
+            traceparent: info.traceparent,
+            tracestate: info.tracestate,
         }),
     }
 }
@@ -344,6 +352,8 @@ fn launch(p: &Proc) -> pb::Launch {
         function: p.launch.function.clone(),
         parent_id: p.parent_id.clone(),
         limits: p.launch.limits,
+        traceparent: p.trace.w3c.traceparent.clone(),
+        tracestate: p.trace.w3c.tracestate.clone(),
     }
 }
 

@@ -131,6 +131,8 @@ pub struct Options {
     /// More arguments for `mpctl server` and for every `mpctl agent`.
     pub server_args: Vec<String>,
     pub agent_args: Vec<String>,
+    /// Extra environment of every daemon and CLI run (e.g. OTEL_*).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -141,6 +143,7 @@ impl Default for Options {
             log_filter: "info".into(),
             server_args: Vec::new(),
             agent_args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -206,6 +209,7 @@ impl TestCluster {
             .env("RUST_LOG", &self.options.log_filter)
             .env("MPCTL_ADDR", &self.addr)
             .env("MPCTL_AUTHKEY_FILE", &self.key_path);
+        cmd.envs(self.options.env.iter().map(|(k, v)| (k, v)));
         cmd
     }
 

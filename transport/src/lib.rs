@@ -12,7 +12,8 @@
 //! ([`PendingLimits`]); the
 //! client side ([`client`]) returns a tonic `Channel`. The one plaintext,
 //! unauthenticated listener is [`health`]: `grpc.health.v1` and nothing else. Errors ([`error`]) say
-//! what failed and what to do, and never contain key material.
+//! what failed and what to do, and never contain key material. [`trace`]
+//! carries W3C trace context across each hop when tracing is on.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -29,6 +30,7 @@ mod io;
 pub mod keys;
 pub mod server;
 pub mod tls;
+pub mod trace;
 
 pub use authkey::AuthKey;
 

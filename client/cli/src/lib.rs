@@ -8,7 +8,8 @@
 //! inspect, join, wait, terminate, kill, logs, agents), [`map`] (command
 //! pools, with [`joblog`]), [`context`] (named clusters), [`daemons`] (dev,
 //! server, agent, keygen, launcher, health), with [`output`] for tables and
-//! JSON, and `logging` for the daemons' log lines (text or JSON). This crate alone holds clap, indicatif, anyhow and
+//! JSON, `logging` for the daemons' log lines (text or JSON) and `telemetry`
+//! for trace export. This crate alone holds clap, indicatif, anyhow and
 //! tracing-subscriber; the embedded cluster (`mpctl-embedded`) and the
 //! daemons (`mpctl-server`, `mpctl-agent`) are linked here and, for the
 //! embedded cluster, through the SDK's `embedded` feature.
@@ -25,6 +26,7 @@ pub mod map;
 mod output;
 mod query;
 mod run;
+mod telemetry;
 
 use std::path::PathBuf;
 
@@ -176,14 +178,12 @@ pub fn main() -> i32 {
         // Single-threaded by design: no runtime, no other threads.
         return daemons::launcher(args);
     }
-    match &cli.command {
+    let (daemon, log_format) = match &cli.command {
         Command::Dev(daemons::DevArgs { observe, .. })
         | Command::Server(daemons::ServerArgs { observe, .. })
-        | Command::Agent(daemons::AgentArgs { observe, .. }) => {
-            logging::init(observe.log_format, "info")
-        }
-        _ => logging::init(logging::LogFormat::Text, "warn"),
-    }
+        | Command::Agent(daemons::AgentArgs { observe, .. }) => (true, observe.log_format),
+        _ => (false, logging::LogFormat::Text),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -194,15 +194,60 @@ pub fn main() -> i32 {
             return EXIT_MPCTL;
         }
     };
-    runtime.block_on(async move {
-        match dispatch(cli).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("mpctl: {}", report(&e));
-                EXIT_MPCTL
+    // The trace exporter's connection lives on this runtime.
+    let traces = {
+        let _enter = runtime.enter();
+        telemetry::init(
+            log_format,
+            if daemon { "info" } else { "warn" },
+            telemetry::service_name(&cli.command),
+        )
+    };
+    let cx = if daemon {
+        opentelemetry::Context::new()
+    } else {
+        telemetry::command_context(command_name(&cli.command))
+    };
+    let code = runtime.block_on(opentelemetry::context::FutureExt::with_context(
+        async move {
+            match dispatch(cli).await {
+                Ok(code) => code,
+                Err(e) => {
+                    eprintln!("mpctl: {}", report(&e));
+                    EXIT_MPCTL
+                }
             }
-        }
-    })
+        },
+        cx,
+    ));
+    traces.shutdown();
+    code
+}
+
+/// The subcommand's name, for its root span.
+fn command_name(c: &Command) -> &'static str {
+    match c {
+        Command::Run(_) => "run",
+        Command::Submit(_) => "submit",
+        Command::Ps(_) => "ps",
+        Command::Inspect(_) => "inspect",
+        Command::Join(_) => "join",
+        Command::Wait(_) => "wait",
+        Command::Terminate(_) => "terminate",
+        Command::Kill(_) => "kill",
+        Command::Logs(_) => "logs",
+        Command::Attach(_) => "attach",
+        Command::Context(_) => "context",
+        Command::Completions(_) => "completions",
+        Command::Map(_) => "map",
+        Command::Agents(_) => "agents",
+        Command::Dev(_) => "dev",
+        Command::Server(_) => "server",
+        Command::Agent(_) => "agent",
+        Command::Keygen(_) => "keygen",
+        Command::Health(_) => "health",
+        Command::Launcher(_) => "launcher",
+    }
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<i32> {

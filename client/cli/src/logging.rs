@@ -31,7 +31,7 @@ pub enum LogFormat {
 /// The W3C trace id (32 hex digits) of the span the current event is in,
 /// if that span has a trace context. The hook for tracing: none yet.
 pub fn current_trace_id() -> Option<String> {
-    None
+    mpctl_transport::trace::current_trace_id()
 }
 
 /// tracing-subscriber's JSON line with `trace_id` added when there is one.
@@ -62,21 +62,30 @@ where
     }
 }
 
-/// Installs the subscriber for this process.
-pub fn init(format: LogFormat, default_filter: &str) {
+/// The stderr log layer in `format`, filtered by `RUST_LOG` or
+/// `default_filter` ([`crate::telemetry::init`] puts it next to the trace
+/// exporter).
+pub fn layer<S>(
+    format: LogFormat,
+    default_filter: &str,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync + 'static>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+    let builder = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Json => builder
             .with_ansi(false)
             .fmt_fields(JsonFields::new())
             .event_format(JsonWithTrace(Format::default().json()))
-            .try_init(),
-    };
+            .with_filter(filter)
+            .boxed(),
+    }
 }

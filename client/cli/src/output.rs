@@ -29,6 +29,7 @@ pub fn process_json(p: &ProcessInfo) -> Value {
         "start_method": p.start_method.as_str(),
         "function": (!p.function.is_empty()).then_some(&p.function),
         "pool_id": (!p.pool_id.is_empty()).then_some(&p.pool_id),
+        "trace_id": (!p.trace_id.is_empty()).then_some(&p.trace_id),
         "limits": p.limits.map(|l| json!({
             "memory_bytes": (l.memory_bytes != 0).then_some(l.memory_bytes),
             "cpu_seconds": (l.cpu_seconds != 0).then_some(l.cpu_seconds),
@@ -152,6 +153,8 @@ mod tests {
                 cpu_seconds: 0,
             }),
             pool_id: String::new(),
+            trace_id: String::new(),
+            span_id: String::new(),
             request_id: "r".into(),
             created: at(1_700_000_000_001),
             started: at(1_700_000_000_002),
@@ -160,7 +163,7 @@ mod tests {
         let text = serde_json::to_string(&process_json(&p)).unwrap();
         assert_eq!(
             text,
-            r#"{"argv":["sh","-c","exit 3"],"created_unix_ms":1700000000001,"cwd":null,"daemon":true,"exitcode":-15,"function":"whoami","id":"00000000000000aa","limits":{"cpu_seconds":null,"memory_bytes":1048576},"name":"Process-3:1","node":"node-a","parent_id":"00000000000000bb","pid":4242,"pool_id":null,"start_error":null,"start_method":"forkserver","started_unix_ms":1700000000002,"state":"stopped","stopped_unix_ms":null}"#
+            r#"{"argv":["sh","-c","exit 3"],"created_unix_ms":1700000000001,"cwd":null,"daemon":true,"exitcode":-15,"function":"whoami","id":"00000000000000aa","limits":{"cpu_seconds":null,"memory_bytes":1048576},"name":"Process-3:1","node":"node-a","parent_id":"00000000000000bb","pid":4242,"pool_id":null,"start_error":null,"start_method":"forkserver","started_unix_ms":1700000000002,"state":"stopped","stopped_unix_ms":null,"trace_id":null}"#
         );
     }
 }

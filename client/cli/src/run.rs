@@ -46,7 +46,19 @@ pub struct RunArgs {
     /// Output format of the final process record
     #[arg(short = 'o', long = "output", value_enum, default_value_t)]
     output: Format,
-    /// The command and its arguments
+    /// Run the function NAME registered in the program COMMAND (a function
+    /// target) instead of running COMMAND itself
+    #[arg(long, value_name = "NAME")]
+    function: Option<String>,
+    /// The function's argument, as JSON (with --function)
+    #[arg(
+        long,
+        value_name = "JSON",
+        default_value = "null",
+        requires = "function"
+    )]
+    args: String,
+    /// The command and its arguments (with --function: the program)
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<String>,
 }
@@ -97,8 +109,18 @@ pub(super) fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)>
 }
 
 fn build(cluster: &mpctl::Cluster, a: &RunArgs) -> anyhow::Result<Process> {
-    let mut p =
-        Process::new(cluster, a.command.iter().cloned()).start_method(a.start_method.checked()?);
+    let mut p = match &a.function {
+        None => Process::new(cluster, a.command.iter().cloned()),
+        Some(f) => {
+            if a.command.len() != 1 {
+                anyhow::bail!("--function {f}: give the program alone after --, without arguments");
+            }
+            let args: serde_json::Value = serde_json::from_str(&a.args)
+                .with_context(|| format!("--args {:?} is not JSON", a.args))?;
+            Process::function(cluster, f, &args)?.program(&a.command[0])
+        }
+    };
+    p = p.start_method(a.start_method.checked()?);
     if let Some(n) = &a.name {
         p = p.with_name(n);
     }

@@ -113,6 +113,22 @@ fn execute(runtime: &Runtime, prep: Preparation, mut result_pipe: std::fs::File)
     if !prep.adopt_socket.is_empty() {
         let _ = ADOPT_SOCKET.set(prep.adopt_socket.clone());
     }
+    // A forked child is a copy of a process that may export already; it
+    // exports nothing of its own (its copy of the exporter has no threads).
+    #[cfg(feature = "telemetry")]
+    if !FORKED.load(std::sync::atomic::Ordering::SeqCst) {
+        super::telemetry::start_child(
+            &mpctl_transport::trace::W3c {
+                traceparent: prep.traceparent.clone(),
+                tracestate: prep.tracestate.clone(),
+            },
+            if prep.function.is_empty() {
+                "mpctl-child"
+            } else {
+                &prep.function
+            },
+        );
+    }
     if prep.as_pool_worker().is_some() {
         drop(result_pipe);
         super::pool_worker::serve(runtime, prep)

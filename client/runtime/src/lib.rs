@@ -19,8 +19,8 @@
 //! its decoded argument, writes the JSON result back and exits with CPython's
 //! code; it never returns. Started any other way, `init` returns and the
 //! program goes on as usual. Modules: `bootstrap` (spawn, and the common
-//! part of every start method), `forkserver`, [`fork`], `pool_worker`, and
-//! `sys` (the OS calls).
+//! part of every start method), `forkserver`, [`fork`], `pool_worker`,
+//! [`telemetry`] (trace export, feature `telemetry`), and `sys` (the OS calls).
 //!
 //! ```no_run
 //! fn add((a, b): (i64, i64)) -> i64 {
@@ -39,6 +39,8 @@ pub mod fork;
 mod forkserver;
 mod pool_worker;
 mod sys;
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -138,6 +140,8 @@ pub fn current_process() -> Option<CurrentProcess> {
 /// Ends a function target with exit code `code` (like `sys.exit(n)`), after
 /// flushing stdout and stderr. `std::process::exit` would drop buffered output.
 pub fn exit(code: i32) -> ! {
+    #[cfg(feature = "telemetry")]
+    telemetry::shutdown_child();
     bootstrap::flush_stdio();
     if FORKED.load(Ordering::SeqCst) {
         sys::exit_now(code)

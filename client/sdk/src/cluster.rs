@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use mpctl_proto::v1::{
     process_manager_client::ProcessManagerClient, GetRequest, ListAgentsRequest, ListRequest,
 };
+use mpctl_transport::trace::Traced;
 use mpctl_transport::{AuthKey, Role, Security};
 use tonic::transport::Channel;
 
@@ -19,7 +20,7 @@ use crate::wire;
 #[derive(Clone)]
 pub struct Cluster {
     channel: Channel,
-    api: ProcessManagerClient<Channel>,
+    api: ProcessManagerClient<Traced<Channel>>,
     #[cfg(feature = "embedded")]
     embedded: Option<Arc<tokio::sync::Mutex<Option<mpctl_embedded::Embedded>>>>,
     #[cfg(not(feature = "embedded"))]
@@ -31,7 +32,7 @@ impl Cluster {
     pub async fn connect(addr: &str, authkey: &AuthKey, security: Security) -> Result<Cluster> {
         let channel = mpctl_transport::connect(addr, authkey, Role::Client, security).await?;
         Ok(Cluster {
-            api: ProcessManagerClient::new(channel.clone()),
+            api: ProcessManagerClient::new(Traced::new(channel.clone())),
             channel,
             embedded: None,
         })
@@ -47,7 +48,7 @@ impl Cluster {
     ) -> Result<Cluster> {
         let channel = mpctl_transport::connect_job(addr, key, id, security).await?;
         Ok(Cluster {
-            api: ProcessManagerClient::new(channel.clone()),
+            api: ProcessManagerClient::new(Traced::new(channel.clone())),
             channel,
             embedded: None,
         })
@@ -114,8 +115,9 @@ impl Cluster {
         self.channel.clone()
     }
 
-    /// The raw gRPC client, for calls the SDK does not wrap.
-    pub fn api(&self) -> ProcessManagerClient<Channel> {
+    /// The raw gRPC client, for calls the SDK does not wrap (each call a
+    /// span when tracing is on: `mpctl_transport::trace`).
+    pub fn api(&self) -> ProcessManagerClient<Traced<Channel>> {
         self.api.clone()
     }
 

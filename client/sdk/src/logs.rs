@@ -20,6 +20,7 @@ use std::task::{Context, Poll};
 use futures::{Stream, StreamExt};
 use mpctl_proto::v1 as proto;
 use mpctl_proto::v1::process_manager_client::ProcessManagerClient;
+use mpctl_transport::trace::Traced;
 use tonic::transport::Channel;
 
 use crate::cluster::{connection_lost, reconnecting};
@@ -47,7 +48,7 @@ pub struct Logs {
 /// connection breaks.
 struct Reader {
     id: String,
-    api: ProcessManagerClient<Channel>,
+    api: ProcessManagerClient<Traced<Channel>>,
     request: proto::LogsRequest,
     inner: tonic::Streaming<proto::LogChunk>,
     offsets: Arc<[AtomicU64; 2]>,
@@ -56,7 +57,7 @@ struct Reader {
 impl Logs {
     /// Opens the stream `request` asks for (its offsets included).
     pub(crate) async fn open(
-        api: ProcessManagerClient<Channel>,
+        api: ProcessManagerClient<Traced<Channel>>,
         request: proto::LogsRequest,
     ) -> Result<Logs> {
         let id = request.id.clone();
@@ -112,7 +113,7 @@ impl Stream for Logs {
 
 impl Reader {
     async fn call(
-        api: &ProcessManagerClient<Channel>,
+        api: &ProcessManagerClient<Traced<Channel>>,
         request: &proto::LogsRequest,
     ) -> std::result::Result<tonic::Streaming<proto::LogChunk>, tonic::Status> {
         reconnecting(None, || {

@@ -147,6 +147,11 @@ pub struct ProcessInfo {
     pub limits: Option<Limits>,
     /// For a pool's workers: the pool's id; else empty.
     pub pool_id: String,
+    /// The trace id of the process's span (32 hex digits), when the
+    /// coordinator exports traces; else empty.
+    pub trace_id: String,
+    /// The process span's id (16 hex digits), or empty.
+    pub span_id: String,
     /// The idempotency key it was started with.
     pub request_id: String,
     pub created: Option<SystemTime>,

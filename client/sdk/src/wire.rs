@@ -80,6 +80,8 @@ pub(crate) fn process_info(p: proto::ProcessInfo) -> Result<ProcessInfo> {
         function: p.function,
         pool_id: p.pool_id,
         request_id: p.request_id,
+        trace_id: p.traceparent.get(3..35).unwrap_or_default().to_owned(),
+        span_id: p.traceparent.get(36..52).unwrap_or_default().to_owned(),
     })
 }
 

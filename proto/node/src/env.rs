@@ -17,11 +17,20 @@ pub const PRELOAD: &str = "MPCTL_PRELOAD";
 pub const PROCESS_ID: &str = "MPCTL_PROCESS_ID";
 pub const PROCESS_NAME: &str = "MPCTL_PROCESS_NAME";
 pub const NODE: &str = "MPCTL_NODE";
+/// The W3C trace context of the process's span, when the coordinator
+/// exports traces (the OpenTelemetry environment carrier).
+pub const TRACEPARENT: &str = "TRACEPARENT";
+pub const TRACESTATE: &str = "TRACESTATE";
 /// Variables that describe one process and so never reach a forkserver
-/// (which serves many): those starting with this prefix, and [`BOOTSTRAP`].
+/// (which serves many): those starting with this prefix, [`BOOTSTRAP`],
+/// and the trace context ([`TRACEPARENT`], [`TRACESTATE`]: a forkserver's
+/// children get theirs in the preparation data).
 pub const PER_PROCESS_PREFIX: &str = "MPCTL_PROCESS_";
 
 /// Whether `name` describes one process (and is kept from a forkserver).
 pub fn is_per_process(name: &str) -> bool {
-    name.starts_with(PER_PROCESS_PREFIX) || name == BOOTSTRAP
+    name.starts_with(PER_PROCESS_PREFIX)
+        || name == BOOTSTRAP
+        || name == TRACEPARENT
+        || name == TRACESTATE
 }

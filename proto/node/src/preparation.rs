@@ -84,6 +84,13 @@ pub struct Preparation {
     /// A pool worker exits after this many tasks (0: never).
     #[serde(default)]
     pub pool_maxtasks: u32,
+    /// The W3C trace context of the process's span (empty: not traced);
+    /// the same values as `TRACEPARENT` / `TRACESTATE` in a spawned child's
+    /// environment, here for every start method.
+    #[serde(default)]
+    pub traceparent: String,
+    #[serde(default)]
+    pub tracestate: String,
 }
 
 /// A pool worker's part of the preparation data.
@@ -130,7 +137,20 @@ impl Preparation {
             pool_socket: String::new(),
             pool_key: String::new(),
             pool_maxtasks: 0,
+            traceparent: String::new(),
+            tracestate: String::new(),
         }
+    }
+
+    /// The trace context of the process's span.
+    pub fn trace(
+        mut self,
+        traceparent: impl Into<String>,
+        tracestate: impl Into<String>,
+    ) -> Preparation {
+        self.traceparent = traceparent.into();
+        self.tracestate = tracestate.into();
+        self
     }
 
     /// The managed process that starts it.

@@ -41,6 +41,7 @@ pub mod placement;
 pub mod procs;
 pub mod settle;
 pub mod table;
+pub mod trace;
 
 #[cfg(test)]
 mod tests;
@@ -58,7 +59,9 @@ use tokio::time::Instant;
 use effects::{Effects, ToNode};
 pub use error::CoreError;
 use logs::{Chunk, Delivery, LogReader, LogRoutes, Offsets, Output};
-use model::{Agent, ExitReport, Method, Proc, ProcState, Registration, SignalAnswer, StartSpec};
+use model::{
+    Agent, ExitReport, Method, Proc, ProcState, ProcTrace, Registration, SignalAnswer, StartSpec,
+};
 use outbox::Outbox;
 use procs::SignalPlan;
 use settle::Waiters;
@@ -270,6 +273,12 @@ impl Core {
                         }
                     }
                 }
+            }
+        }
+        // Settled processes end their spans (once: the table's copy drops it).
+        for p in fx.procs() {
+            if p.state.is_settled() && p.trace.is_live() {
+                st.table.update(&p.id, |t| t.trace.end(p));
             }
         }
         if fx.agents_changed {

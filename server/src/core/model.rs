@@ -6,6 +6,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use mpctl_proto::v1::{CommandTarget, FunctionTarget, Limits};
+
+pub use super::trace::ProcTrace;
 use tokio::time::Instant;
 
 /// A process's life (docs/design.md §4): `Queued` → `Launching` → `Started` →
@@ -185,6 +187,8 @@ pub struct StartSpec {
     pub child_number: u32,
     pub method: Method,
     pub launch: LaunchSpec,
+    /// The process span, made by `Core` when the start is new.
+    pub trace: ProcTrace,
 }
 
 impl StartSpec {
@@ -232,6 +236,8 @@ pub struct Proc {
     pub requested_name: String,
     pub placement: Placement,
     pub launch: Arc<LaunchSpec>,
+    /// Its span (issue 14): W3C context, and the live span until it settles.
+    pub trace: ProcTrace,
 }
 
 /// An agent's state in the registry.

@@ -125,6 +125,7 @@ pub fn start(
         requested_name: spec.name,
         placement: spec.placement,
         launch: Arc::new(spec.launch),
+        trace: spec.trace,
     };
     t.insert(proc);
     match decision {

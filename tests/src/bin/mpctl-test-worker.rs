@@ -431,9 +431,33 @@ fn job_probe((other, secrets): (String, Vec<String>)) -> JobProbe {
     })
 }
 
+#[derive(Serialize)]
+struct TraceReport {
+    id: Option<String>,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+}
+
+/// Opens a span of its own (exported when the child has export configured)
+/// and reports the trace context its environment carried.
+fn traced_child(_: ()) -> TraceReport {
+    let span = tracing::info_span!("traced_child_work", answer = 42);
+    let _entered = span.enter();
+    tracing::info!("working inside the child's own span");
+    let report = TraceReport {
+        id: std::env::var("MPCTL_PROCESS_ID").ok(),
+        traceparent: std::env::var("TRACEPARENT").ok(),
+        tracestate: std::env::var("TRACESTATE").ok(),
+    };
+    // Also on stdout, for `mpctl run`, which prints the output.
+    println!("{}", serde_json::to_string(&report).expect("JSON"));
+    report
+}
+
 fn main() {
     Runtime::new()
         .function("job_probe", job_probe)
+        .function("traced_child", traced_child)
         .function("rlimits", rlimits)
         .function("raise_signal", raise_signal)
         .function("start_and_join_grandchild", start_and_join_grandchild)

@@ -120,9 +120,10 @@ impl Session {
         let _ = req_tx.try_send(PoolRequest {
             msg: Some(pool_request::Msg::Create(spec)),
         });
-        let mut client = PoolManagerClient::new(cluster.channel())
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let mut client =
+            PoolManagerClient::new(mpctl_transport::trace::Traced::new(cluster.channel()))
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE);
         let mut inbound = client
             .session(ReceiverStream::new(req_rx))
             .await

@@ -19,10 +19,14 @@ impl Core {
         self.start_checked(spec).await
     }
 
-    async fn start_checked(&self, spec: StartSpec) -> Result<Proc, CoreError> {
+    async fn start_checked(&self, mut spec: StartSpec) -> Result<Proc, CoreError> {
         let fork = spec.method == Method::Fork;
         let (id, pending) = {
             let mut st = self.lock();
+            // A new process gets its span; a retried request keeps its own.
+            if spec.request_id.is_empty() || st.table.by_request(&spec.request_id).is_none() {
+                spec.trace = ProcTrace::start();
+            }
             let started = match procs::start(&mut st.table, spec, new_id, now_ms()) {
                 Ok(s) => s,
                 Err(e) => {
