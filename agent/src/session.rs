@@ -22,6 +22,7 @@ use crate::error::AgentError;
 use crate::launcher::{Bootstrap, LaunchError, LaunchSpec, Launcher};
 use crate::logs;
 use crate::output_watch::OutputWatcher;
+use crate::outputs::Outputs;
 use crate::pool_relay::PoolRelay;
 use crate::state::NodeState;
 
@@ -37,6 +38,7 @@ pub struct Ctx {
     pub state: Arc<NodeState>,
     pub launcher: Launcher,
     pub watcher: Arc<OutputWatcher>,
+    pub outputs: Arc<Outputs>,
     pub procs_dir: PathBuf,
     pub relay: Arc<PoolRelay>,
 }
@@ -197,7 +199,9 @@ async fn serve(
             }
             Some(FromCoordinator::ReadLogs(r)) => {
                 let which = LogStream::try_from(r.stream).unwrap_or(LogStream::Both);
-                let task = tokio::spawn(logs::serve(
+                // Its output is not removed while it is read.
+                let reading = ctx.outputs.reading(&r.process_id);
+                let serve = logs::serve(
                     Arc::clone(&ctx.state),
                     Arc::clone(&ctx.watcher),
                     ctx.procs_dir.clone(),
@@ -205,7 +209,11 @@ async fn serve(
                     r.request_id,
                     which,
                     r.follow,
-                ));
+                );
+                let task = tokio::spawn(async move {
+                    let _reading = reading;
+                    serve.await
+                });
                 tasks.readers.retain(|_, h| !h.is_finished());
                 tasks.readers.insert(r.request_id, task.abort_handle());
             }
@@ -217,6 +225,7 @@ async fn serve(
                 ctx.relay
                     .deliver(&s.process_id.clone(), agent_to_worker::Msg::Stop(s));
             }
+            Some(FromCoordinator::RemoveOutputs(r)) => ctx.outputs.remove(r.process_ids),
             Some(FromCoordinator::CancelLogs(c)) => {
                 if let Some(h) = tasks.readers.remove(&c.request_id) {
                     h.abort();

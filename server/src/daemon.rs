@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use crate::agent_service::AgentSessions;
 use crate::core::model::AgentState;
 use crate::core::table::Table;
+use crate::core::retention::Retention;
 use crate::core::{Core, Timings};
 use crate::pool::{PoolService, Pools};
 use crate::process_service::ProcessService;
@@ -60,6 +61,8 @@ pub struct CoordinatorConfig {
     pub authkey: AuthKey,
     pub security: Security,
     pub timings: Timings,
+    /// How many finished processes are kept, and for how long.
+    pub retention: Retention,
 }
 
 /// A running coordinator. Dropping it without [`Coordinator::shutdown`]
@@ -137,6 +140,7 @@ impl Coordinator {
         );
         let core = Core::new(table, store, config.timings);
         core.start_lease_clocks();
+        core.start_retention(config.retention);
         let pools = Pools::new(Arc::clone(&core));
 
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::logs::LogReader;
 use crate::core::{Core, CoreError};
-use crate::{validate, wire};
+use crate::{page, validate, wire};
 
 pub struct ProcessService {
     pub core: Arc<Core>,
@@ -85,13 +85,18 @@ impl ProcessManager for ProcessService {
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
+        let after = page::list_cursor(&r.page_token)?;
+        let (rows, more) = self.core.list_page(
+            r.all,
+            &r.node,
+            after.as_ref(),
+            page::size(r.page_size),
+            wire::list_row,
+        );
+        let (processes, next_page_token) = page::fill(rows, more, page::list_token);
         Ok(Response::new(ListResponse {
-            processes: self
-                .core
-                .list(r.all, &r.node)
-                .iter()
-                .map(wire::process_info)
-                .collect(),
+            processes,
+            next_page_token,
         }))
     }
 
@@ -109,9 +114,29 @@ impl ProcessManager for ProcessService {
         require_role(&req, Role::Client)?;
         let r = req.into_inner();
         let all = r.mode == WaitMode::All as i32;
-        let ready = self.core.wait(&r.ids, timeout(r.timeout_ms), all).await?;
+        let from = page::wait_offset(&r.page_token, r.ids.len())?;
+        let ready = self
+            .core
+            .wait(
+                &r.ids,
+                timeout(r.timeout_ms),
+                all,
+                from.unwrap_or(0),
+                from.is_none(),
+                |id, p| match p {
+                    Some(p) => wire::list_row(p),
+                    // Removed by retention: ready, and nothing else is known.
+                    None => ProcessInfo {
+                        id: id.to_owned(),
+                        ..ProcessInfo::default()
+                    },
+                },
+            )
+            .await?;
+        let (ready, next_page_token) = page::fill_sized(ready, page::size(r.page_size), page::wait_token);
         Ok(Response::new(WaitResponse {
-            ready: ready.iter().map(wire::process_info).collect(),
+            ready,
+            next_page_token,
         }))
     }
 

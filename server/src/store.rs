@@ -46,6 +46,8 @@ pub enum Op {
     Process(Box<(ProcessInfo, StartRequest)>),
     Agent(AgentInfo),
     NextNumber(u64),
+    /// Retention removed the process: its row goes.
+    DeleteProcess(String),
 }
 
 /// A message to an agent session, sent after the batch is durable.
@@ -339,6 +341,7 @@ fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
         // Later rows for the same key win; write each key once.
         let mut last_process: HashMap<&str, &(ProcessInfo, StartRequest)> = HashMap::new();
         let mut order = Vec::new();
+        let mut deletes = Vec::new();
         for job in jobs {
             for op in &job.batch.ops {
                 match op {
@@ -353,11 +356,22 @@ fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
                     Op::NextNumber(n) => {
                         put_meta.execute(params!["next_number", *n as i64])?;
                     }
+                    // A row removed after its last change: its put is dropped.
+                    Op::DeleteProcess(id) => {
+                        last_process.remove(id.as_str());
+                        deletes.push(id.as_str());
+                    }
                 }
             }
         }
+        let mut delete_process = tx.prepare_cached("DELETE FROM processes WHERE id = ?1")?;
+        for id in deletes {
+            delete_process.execute(params![id])?;
+        }
         for id in order {
-            let (info, request) = last_process[id];
+            let Some(&(ref info, ref request)) = last_process.get(id) else {
+                continue;
+            };
             let request_id = (!info.request_id.is_empty()).then_some(info.request_id.as_str());
             put_process.execute(params![
                 info.id,

@@ -14,6 +14,8 @@ pub enum Row {
     Agent(Box<Agent>),
     /// The next top-level process number (CPython's `_process_counter`).
     NextNumber(u64),
+    /// Delete this process's row (retention).
+    Removed(String),
 }
 
 /// A message to a node, sent after the rows before it are durable.
@@ -37,6 +39,8 @@ pub enum ToNode {
     },
     /// Stop that reader.
     CancelLogs(u64),
+    /// Delete these processes' output (they were removed by retention).
+    RemoveOutputs(Vec<String>),
 }
 
 /// A message for one session of one node: a session that has ended since

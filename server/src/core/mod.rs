@@ -8,6 +8,7 @@
 //! - [`placement`]: which agent runs a process;
 //! - [`outbox`]: the one way effects leave (store batch, agent messages
 //!   after the commit);
+//! - [`retention`]: which finished processes go, and when;
 //! - [`settle`]: per-process notification for join, wait, start, signal;
 //! - [`logs`]: output routing, under its own lock;
 //! - [`error`]: what operations refuse, as [`CoreError`];
@@ -29,6 +30,7 @@ mod ops;
 pub mod outbox;
 pub mod placement;
 pub mod procs;
+pub mod retention;
 pub mod settle;
 pub mod table;
 

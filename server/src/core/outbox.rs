@@ -53,6 +53,7 @@ impl Outbox {
                 }
                 Row::Agent(a) => Op::Agent(wire::agent_info(&a)),
                 Row::NextNumber(n) => Op::NextNumber(n),
+                Row::Removed(id) => Op::DeleteProcess(id),
             });
         }
         if !fx.sends.is_empty() {

@@ -9,11 +9,27 @@
 //! - an agent's `running` set: exactly its processes that are launching or
 //!   started ([`Table::update`] moves ids in and out on every state change);
 //! - `queue`: every queued process once, oldest first (entries that left
-//!   the queued state are dropped when [`Table::queued`] next reads it).
+//!   the queued state are dropped when [`Table::queued`] next reads it);
+//! - `order`: every process once by (creation time, id), the order of
+//!   listings and their page tokens;
+//! - `finished`: every stopped or failed process once, in the order they
+//!   finished, with the monotonic time they did (retention removes from its
+//!   front, [`Table::remove`]);
+//! - `removed`: the most recent [`TOMBSTONES`] processes retention removed,
+//!   so `inspect` and a retried start can say so.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+
+use tokio::time::Instant;
 
 use super::model::{Agent, Proc, ProcState};
+
+/// How many removed processes the table remembers (id and request id).
+pub const TOMBSTONES: usize = 65_536;
+
+/// Where a listing continues: after this (creation time, id).
+pub type Cursor = (i64, String);
 
 #[derive(Default)]
 pub struct Table {
@@ -28,6 +44,12 @@ pub struct Table {
     daemon_children: HashMap<String, Vec<String>>,
     /// Pools with a driver in this coordinator.
     live_pools: HashSet<String>,
+    order: BTreeSet<Cursor>,
+    finished: VecDeque<(Instant, String)>,
+    /// Removed ids and request ids (the request's process id), oldest first.
+    removed: VecDeque<(String, String)>,
+    removed_ids: HashSet<String>,
+    removed_requests: HashMap<String, String>,
 }
 
 impl Table {
@@ -54,6 +76,20 @@ impl Table {
         }
         let mut procs = procs;
         procs.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        // Finished before this run: their age is all the wall clock can
+        // tell; from here on it runs on the monotonic clock.
+        let (mono, wall) = (Instant::now(), super::now_ms());
+        let mut finished: Vec<(i64, String)> = procs
+            .iter()
+            .filter(|p| p.state.is_final())
+            .map(|p| (p.stopped_unix_ms, p.id.clone()))
+            .collect();
+        finished.sort();
+        for (stopped, id) in finished {
+            let age = std::time::Duration::from_millis(wall.saturating_sub(stopped).max(0) as u64);
+            let at = mono.checked_sub(age).unwrap_or(mono);
+            t.finished.push_back((at, id));
+        }
         for p in procs {
             if !p.parent_id.is_empty() {
                 // The highest number used, not a count: a parent may have
@@ -104,7 +140,105 @@ impl Table {
                 a.running.insert(p.id.clone());
             }
         }
+        self.order.insert((p.created_unix_ms, p.id.clone()));
         self.procs.insert(p.id.clone(), p);
+    }
+
+    /// Removes a finished process and every index entry of it (retention);
+    /// it is remembered as removed. `None`: unknown or not finished.
+    pub fn remove(&mut self, id: &str) -> Option<Proc> {
+        if !self.procs.get(id)?.state.is_final() {
+            return None;
+        }
+        let p = self.procs.remove(id)?;
+        if self.by_request.get(&p.request_id).is_some_and(|x| x == id) {
+            self.by_request.remove(&p.request_id);
+        }
+        self.order.remove(&(p.created_unix_ms, p.id.clone()));
+        self.children_started.remove(id);
+        self.daemon_children.remove(id);
+        if p.daemon && !p.parent_id.is_empty() {
+            if let Some(siblings) = self.daemon_children.get_mut(&p.parent_id) {
+                siblings.retain(|c| c != id);
+                if siblings.is_empty() {
+                    self.daemon_children.remove(&p.parent_id);
+                }
+            }
+        }
+        self.remember_removed(&p);
+        Some(p)
+    }
+
+    fn remember_removed(&mut self, p: &Proc) {
+        if self.removed.len() >= TOMBSTONES {
+            if let Some((id, request)) = self.removed.pop_front() {
+                self.removed_ids.remove(&id);
+                if self.removed_requests.get(&request).is_some_and(|x| *x == id) {
+                    self.removed_requests.remove(&request);
+                }
+            }
+        }
+        self.removed_ids.insert(p.id.clone());
+        if !p.request_id.is_empty() {
+            self.removed_requests
+                .insert(p.request_id.clone(), p.id.clone());
+        }
+        self.removed.push_back((p.id.clone(), p.request_id.clone()));
+    }
+
+    /// Whether retention removed `id` (among the last [`TOMBSTONES`]).
+    pub fn was_removed(&self, id: &str) -> bool {
+        self.removed_ids.contains(id)
+    }
+
+    /// The removed process a request id had started, if remembered.
+    pub fn removed_request(&self, request_id: &str) -> Option<&str> {
+        self.removed_requests.get(request_id).map(String::as_str)
+    }
+
+    /// How many processes are stopped or failed.
+    pub fn finished_len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// The process that finished first, and when (monotonic).
+    pub fn oldest_finished(&self) -> Option<(Instant, &str)> {
+        self.finished.front().map(|(at, id)| (*at, id.as_str()))
+    }
+
+    /// Takes the oldest finished process off the finished queue (to remove it).
+    pub fn pop_finished(&mut self) -> Option<String> {
+        self.finished.pop_front().map(|(_, id)| id)
+    }
+
+    /// The processes after `after` (all: from the first) in creation order,
+    /// as `keep` selects them: up to `limit` of them, and whether more follow.
+    pub fn page<'a>(
+        &'a self,
+        after: Option<&Cursor>,
+        limit: usize,
+        keep: impl Fn(&Proc) -> bool,
+    ) -> (Vec<&'a Proc>, bool) {
+        let range = match after {
+            Some(c) => self
+                .order
+                .range((Bound::Excluded(c.clone()), Bound::Unbounded)),
+            None => self.order.range::<Cursor, _>(..),
+        };
+        let mut out = Vec::new();
+        for (_, id) in range {
+            let Some(p) = self.procs.get(id) else {
+                continue;
+            };
+            if !keep(p) {
+                continue;
+            }
+            if out.len() == limit {
+                return (out, true);
+            }
+            out.push(p);
+        }
+        (out, false)
     }
 
     /// Changes one process and moves it between the running sets and the
@@ -114,6 +248,9 @@ impl Table {
         let (was, old_node) = (p.state, p.node.clone());
         f(p);
         let (now, node) = (p.state, p.node.clone());
+        if now.is_final() && !was.is_final() {
+            self.finished.push_back((Instant::now(), id.to_owned()));
+        }
         if was.is_active() && (!now.is_active() || node != old_node) {
             if let Some(a) = self.agents.get_mut(&old_node) {
                 a.running.remove(id);

@@ -41,11 +41,12 @@ impl Core {
         let deadline = Instant::now() + START_CONFIRM;
         let ids = [id.to_owned()];
         let found = self
-            .wait_until(&ids, Some(deadline), |t| {
-                let p = t.get(id)?;
-                (p.state != ProcState::Launching).then(|| p.clone())
+            .wait_until(&ids, Some(deadline), |t| match t.get(id) {
+                None => Some(None),
+                Some(p) => (p.state != ProcState::Launching).then(|| Some(p.clone())),
             })
-            .await;
+            .await
+            .flatten();
         let p = match found {
             Some(p) => p,
             None => self.get(id)?,
@@ -57,30 +58,35 @@ impl Core {
     }
 
     pub fn get(&self, id: &str) -> Result<Proc, CoreError> {
-        self.lock()
-            .table
-            .get(id)
-            .cloned()
-            .ok_or_else(|| CoreError::UnknownProcess(id.to_owned()))
+        let st = self.lock();
+        match st.table.get(id) {
+            Some(p) => Ok(p.clone()),
+            None if st.table.was_removed(id) => Err(CoreError::Removed(id.to_owned())),
+            None => Err(CoreError::UnknownProcess(id.to_owned())),
+        }
     }
 
-    /// The processes (all, or not stopped/failed), optionally of one node,
-    /// oldest first, without their results.
-    pub fn list(&self, all: bool, node: &str) -> Vec<Proc> {
+    /// One page of the processes (all, or not stopped/failed), optionally
+    /// of one node, oldest first (by creation, then id), each as `view`
+    /// shows it (under the lock, so nothing is copied that the caller does
+    /// not need): up to `limit` rows after `after`, and whether more follow.
+    pub fn list_page<T>(
+        &self,
+        all: bool,
+        node: &str,
+        after: Option<&table::Cursor>,
+        limit: usize,
+        view: impl Fn(&Proc) -> T,
+    ) -> (Vec<(table::Cursor, T)>, bool) {
         let st = self.lock();
-        let mut out: Vec<Proc> = st
-            .table
-            .procs()
-            .filter(|p| all || !p.state.is_final())
-            .filter(|p| node.is_empty() || p.node == node)
-            .map(|p| Proc {
-                result: None,
-                ..p.clone()
-            })
+        let (rows, more) = st.table.page(after, limit, |p| {
+            (all || !p.state.is_final()) && (node.is_empty() || p.node == node)
+        });
+        let rows = rows
+            .into_iter()
+            .map(|p| ((p.created_unix_ms, p.id.clone()), view(p)))
             .collect();
-        drop(st);
-        out.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
-        out
+        (rows, more)
     }
 
     /// Like `Process.join(timeout)`: the process once settled, and whether
@@ -94,24 +100,33 @@ impl Core {
         let deadline = timeout.map(|t| Instant::now() + t);
         let ids = [id.to_owned()];
         let settled = self
-            .wait_until(&ids, deadline, |t| {
-                let p = t.get(id)?;
-                p.state.is_settled().then(|| p.clone())
+            .wait_until(&ids, deadline, |t| match t.get(id) {
+                // Removed by retention meanwhile: it had finished.
+                None => Some(None),
+                Some(p) => p.state.is_settled().then(|| Some(p.clone())),
             })
             .await;
         match settled {
-            Some(p) => Ok((p, false)),
+            Some(Some(p)) => Ok((p, false)),
+            Some(None) => Err(CoreError::Removed(id.to_owned())),
             None => Ok((self.get(id)?, true)),
         }
     }
 
-    /// Sentinel wait: the settled subset (any), or all of them (all).
-    pub async fn wait(
+    /// Sentinel wait: the settled subset (any), or all of them (all), each
+    /// as `view` shows it with its index in `ids`, from index `from` on.
+    /// `wait` false (a later page): no waiting, the subset as it is now. A
+    /// process removed by retention (it had finished) is ready; `view` gets
+    /// `None` for it.
+    pub async fn wait<T>(
         &self,
         ids: &[String],
         timeout: Option<Duration>,
         all: bool,
-    ) -> Result<Vec<Proc>, CoreError> {
+        from: usize,
+        wait: bool,
+        view: impl Fn(&str, Option<&Proc>) -> T,
+    ) -> Result<Vec<(usize, T)>, CoreError> {
         if ids.is_empty() {
             return Err(CoreError::WaitNoIds);
         }
@@ -121,29 +136,31 @@ impl Core {
                 got: ids.len(),
             });
         }
-        for id in ids {
-            self.get(id)?;
+        if wait {
+            for id in ids {
+                self.get(id)?;
+            }
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let ready = |t: &Table| -> Vec<Proc> {
+        let is_ready = |t: &Table, id: &str| t.get(id).is_none_or(|p| p.state.is_settled());
+        let ready = |t: &Table| -> Vec<(usize, T)> {
             ids.iter()
-                .filter_map(|id| t.get(id))
-                .filter(|p| p.state.is_settled())
-                .cloned()
+                .enumerate()
+                .skip(from)
+                .filter(|(_, id)| is_ready(t, id))
+                .map(|(i, id)| (i, view(id, t.get(id))))
                 .collect()
         };
-        let found = self
-            .wait_until(ids, deadline, |t| {
-                let r = ready(t);
-                let done = if all {
-                    r.len() == ids.len()
-                } else {
-                    !r.is_empty()
-                };
-                done.then_some(r)
-            })
-            .await;
-        Ok(found.unwrap_or_else(|| ready(&self.lock().table)))
+        if !wait {
+            return Ok(ready(&self.lock().table));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.wait_until(ids, deadline, |t| {
+            let n = ids.iter().filter(|id| is_ready(t, id)).count();
+            let done = if all { n == ids.len() } else { n > 0 };
+            done.then_some(())
+        })
+        .await;
+        Ok(ready(&self.lock().table))
     }
 
     /// terminate()/kill(): the process only, or its tree; returns once the
