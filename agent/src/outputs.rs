@@ -5,10 +5,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub struct Outputs {
     procs_dir: PathBuf,
+    /// Directories removed since start-up (for the log line).
+    removed: Arc<AtomicU64>,
     inner: Mutex<Inner>,
 }
 
@@ -39,6 +42,7 @@ impl Outputs {
     pub fn new(procs_dir: PathBuf) -> Arc<Outputs> {
         Arc::new(Outputs {
             procs_dir,
+            removed: Arc::new(AtomicU64::new(0)),
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -79,7 +83,9 @@ impl Outputs {
             return;
         }
         let dirs: Vec<PathBuf> = ids.iter().map(|id| self.procs_dir.join(id)).collect();
+        let removed = Arc::clone(&self.removed);
         tokio::task::spawn_blocking(move || {
+            let n = dirs.len() as u64;
             for dir in dirs {
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => {}
@@ -90,6 +96,8 @@ impl Outputs {
                     }
                 }
             }
+            let total = removed.fetch_add(n, Ordering::Relaxed) + n;
+            tracing::debug!(processes = n, total, "output of removed processes deleted");
         });
     }
 }

@@ -128,6 +128,8 @@ pub struct Options {
     pub lease_ms: u64,
     pub heartbeat_ms: u64,
     pub log_filter: String,
+    /// More arguments for `mpctl server` (e.g. `--retain 3`).
+    pub server_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -136,6 +138,7 @@ impl Default for Options {
             lease_ms: 10_000,
             heartbeat_ms: 500,
             log_filter: "info".into(),
+            server_args: Vec::new(),
         }
     }
 }
@@ -152,22 +155,33 @@ pub struct TestCluster {
 impl TestCluster {
     /// A coordinator with a fresh authkey, and no agents yet.
     pub fn start(options: Options) -> TestCluster {
+        let mut cluster = TestCluster::prepare(options);
+        cluster.start_server();
+        cluster
+    }
+
+    /// The cluster's directory and authkey, with nothing started: a test
+    /// may write the coordinator's state first (in [`TestCluster::server_dir`]).
+    pub fn prepare(options: Options) -> TestCluster {
         let dir = tempfile::Builder::new()
             .prefix("mpctl-test-")
             .tempdir()
             .expect("temp dir");
         let key_path = dir.path().join("authkey");
         mpctl::AuthKey::write_new(&key_path, false).expect("write authkey");
-        let mut cluster = TestCluster {
+        TestCluster {
             dir,
             key_path,
             addr: "127.0.0.1:0".into(),
             options,
             server: None,
             agents: HashMap::new(),
-        };
-        cluster.start_server();
-        cluster
+        }
+    }
+
+    /// The coordinator's data directory (`coordinator.sqlite` is in it).
+    pub fn server_dir(&self) -> PathBuf {
+        self.path().join("server")
     }
 
     /// A coordinator and one agent `node-a` with `slots` slots.
@@ -201,12 +215,13 @@ impl TestCluster {
             "--listen",
             &self.addr,
             "--data-dir",
-            self.path().join("server").to_str().unwrap(),
+            self.server_dir().to_str().unwrap(),
             "--lease-ms",
             &self.options.lease_ms.to_string(),
             "--heartbeat-ms",
             &self.options.heartbeat_ms.to_string(),
         ]);
+        cmd.args(&self.options.server_args);
         let server = Daemon::spawn(cmd);
         let line = server.wait_line("listening on", READY);
         self.addr = line

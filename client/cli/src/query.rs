@@ -144,7 +144,7 @@ pub async fn inspect(g: &Global, a: IdsArgs) -> anyhow::Result<i32> {
     for id in &a.ids {
         match cluster.get(id).await {
             Ok(p) => found.push(p),
-            Err(e @ Error::NotFound { .. }) => {
+            Err(e @ (Error::NotFound { .. } | Error::Removed { .. })) => {
                 eprintln!("mpctl: {e}");
                 missing += 1;
             }

@@ -118,6 +118,8 @@ pub struct Core {
     /// Bumped when the agent registry changes (registered, disconnected, lost).
     agents_changed: watch::Sender<u64>,
     pub timings: Timings,
+    /// Processes removed by retention since start-up.
+    removed_total: AtomicU64,
 }
 
 impl Core {
@@ -133,6 +135,7 @@ impl Core {
             next_request: AtomicU64::new(1),
             agents_changed: watch::channel(0).0,
             timings,
+            removed_total: AtomicU64::new(0),
         })
     }
 
