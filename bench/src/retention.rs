@@ -24,8 +24,10 @@ pub async fn run(ctx: &Ctx) -> Result<Vec<Row>> {
     let cluster = connect(&split.addr, &split.key).await?;
     run_true(&cluster).await?;
     let idle = rss_mib(split.server_pid())?;
-    let mut rows = vec![Row::new(CASE, "coordinator RSS, idle (--retain 10000)", "MiB")
-        .ours(Side::Measured(vec![vec![idle]]))];
+    let mut rows = vec![
+        Row::new(CASE, "coordinator RSS, idle (--retain 10000)", "MiB")
+            .ours(Side::Measured(vec![vec![idle]])),
+    ];
     let t = Instant::now();
     for done in (STEP..=TOTAL).step_by(STEP) {
         futures::stream::iter(0..STEP)

@@ -15,8 +15,8 @@ use tokio::task::JoinHandle;
 
 use crate::agent_service::AgentSessions;
 use crate::core::model::AgentState;
-use crate::core::table::Table;
 use crate::core::retention::Retention;
+use crate::core::table::Table;
 use crate::core::{Core, Timings};
 use crate::pool::{PoolService, Pools};
 use crate::process_service::ProcessService;

@@ -133,7 +133,8 @@ impl ProcessManager for ProcessService {
                 },
             )
             .await?;
-        let (ready, next_page_token) = page::fill_sized(ready, page::size(r.page_size), page::wait_token);
+        let (ready, next_page_token) =
+            page::fill_sized(ready, page::size(r.page_size), page::wait_token);
         Ok(Response::new(WaitResponse {
             ready,
             next_page_token,

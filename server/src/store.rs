@@ -369,7 +369,7 @@ fn commit(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
             delete_process.execute(params![id])?;
         }
         for id in order {
-            let Some(&(ref info, ref request)) = last_process.get(id) else {
+            let Some((info, request)) = last_process.get(id) else {
                 continue;
             };
             let request_id = (!info.request_id.is_empty()).then_some(info.request_id.as_str());

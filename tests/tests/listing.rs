@@ -64,7 +64,10 @@ async fn ps_lists_five_starts_of_a_megabyte_of_argv_each_and_inspect_shows_it_wh
     assert_eq!(lines.len(), 6, "a header and five rows:\n{table}");
     let marker = format!("…(+{} KB)", (total - 1024) >> 10);
     for id in &ids {
-        let row = lines.iter().find(|l| l.starts_with(id.as_str())).expect("listed");
+        let row = lines
+            .iter()
+            .find(|l| l.starts_with(id.as_str()))
+            .expect("listed");
         assert!(row.ends_with(&marker), "{row:?} ends with {marker:?}");
     }
     let json: serde_json::Value =
@@ -125,7 +128,9 @@ fn seed(server_dir: &Path, n: usize, now_ms: i64) -> Vec<String> {
         ids.push(id);
     }
     batch.ops.push(Op::NextNumber(n as u64 + 1));
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(store.submit(batch).durable()).expect("seeded");
     ids
 }
@@ -174,7 +179,10 @@ async fn ps_walks_fifty_thousand_finished_processes_and_limit_cuts_it() {
         second.processes[0].id,
         seeded[mpctl_server::page::DEFAULT_PAGE]
     );
-    let bad = cluster.list_page("", true, 0, "not-a-token").await.unwrap_err();
+    let bad = cluster
+        .list_page("", true, 0, "not-a-token")
+        .await
+        .unwrap_err();
     assert!(bad.to_string().contains("page_token"), "{bad}");
     let limited = cluster.list_all("", true, Some(2_500)).await.unwrap();
     assert_eq!(limited.len(), 2_500);
@@ -242,7 +250,10 @@ async fn retention_removes_the_oldest_beyond_retain_from_sqlite_and_the_node() {
         .iter()
         .map(|p| p["id"].as_str().unwrap())
         .collect();
-    assert_eq!(listed, ids[2..].iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        listed,
+        ids[2..].iter().map(String::as_str).collect::<Vec<_>>()
+    );
     // `logs` of a kept one still reads its file.
     let out = stdout(&c.cli(&["logs", &ids[4]]));
     assert_eq!(out, "out-4\n");

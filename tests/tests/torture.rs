@@ -64,7 +64,10 @@ async fn start_job(cluster: &mpctl::Cluster, argv: Vec<String>, rid: &str) -> Pr
                 panic!("{rid}: start failed: {e}")
             }
             Err(e) => {
-                assert!(Instant::now() < give_up, "{rid}: no start within 120 s: {e}");
+                assert!(
+                    Instant::now() < give_up,
+                    "{rid}: no start within 120 s: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
@@ -159,7 +162,11 @@ async fn coordinator_sigkilled_under_load_launches_each_request_once_with_the_ri
     for (rid, _, _) in &jobs {
         assert_eq!(launched.get(rid.as_str()), Some(&1), "{rid} launched once");
     }
-    assert_eq!(launched.len(), jobs.len(), "nothing launched that no client started");
+    assert_eq!(
+        launched.len(),
+        jobs.len(),
+        "nothing launched that no client started"
+    );
     let cluster = c.client().await;
     let listed: HashMap<String, (ProcessState, Option<i32>)> = cluster
         .list(true)

@@ -115,16 +115,20 @@ impl RetentionArgs {
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration: give a number and a unit, e.g. 7d, 12h, 30m, 90s, 500ms"))?;
+    let n: u64 = n.parse().map_err(|_| {
+        format!("{s:?} is not a duration: give a number and a unit, e.g. 7d, 12h, 30m, 90s, 500ms")
+    })?;
     let ms = match unit {
         "ms" => 1,
         "" | "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)")),
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
     };
     n.checked_mul(ms)
         .map(Duration::from_millis)

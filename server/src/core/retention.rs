@@ -51,7 +51,8 @@ pub fn sweep(t: &mut Table, policy: &Retention, now: Instant, batch: usize) -> S
     let mut swept = Swept::default();
     let mut by_node: BTreeMap<String, Vec<String>> = BTreeMap::new();
     while let Some((at, _)) = t.oldest_finished() {
-        let due = t.finished_len() > policy.keep || now.saturating_duration_since(at) >= policy.max_age;
+        let due =
+            t.finished_len() > policy.keep || now.saturating_duration_since(at) >= policy.max_age;
         if !due {
             break;
         }

@@ -173,7 +173,11 @@ impl Table {
         if self.removed.len() >= TOMBSTONES {
             if let Some((id, request)) = self.removed.pop_front() {
                 self.removed_ids.remove(&id);
-                if self.removed_requests.get(&request).is_some_and(|x| *x == id) {
+                if self
+                    .removed_requests
+                    .get(&request)
+                    .is_some_and(|x| *x == id)
+                {
                     self.removed_requests.remove(&request);
                 }
             }

@@ -45,8 +45,15 @@ impl Core {
         if let Err(e) = pending.committed().await {
             tracing::error!(error = %e, "retention: removed processes not deleted from the store");
         }
-        let total = self.removed_total.fetch_add(swept.0 as u64, Ordering::Relaxed) + swept.0 as u64;
-        tracing::debug!(removed = swept.0, total, "retention removed finished processes");
+        let total = self
+            .removed_total
+            .fetch_add(swept.0 as u64, Ordering::Relaxed)
+            + swept.0 as u64;
+        tracing::debug!(
+            removed = swept.0,
+            total,
+            "retention removed finished processes"
+        );
         swept.1
     }
 }
