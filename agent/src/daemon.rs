@@ -96,6 +96,7 @@ pub async fn run_with_health(
         state,
         launcher,
         watcher: output_watcher,
+        outputs: crate::outputs::Outputs::new(procs_dir.clone()),
         procs_dir,
         relay,
     };

@@ -128,6 +128,8 @@ pub struct Options {
     pub lease_ms: u64,
     pub heartbeat_ms: u64,
     pub log_filter: String,
+    /// More arguments for `mpctl server` (e.g. `--retain 3`).
+    pub server_args: Vec<String>,
 }
 
 impl Default for Options {
@@ -136,6 +138,7 @@ impl Default for Options {
             lease_ms: 10_000,
             heartbeat_ms: 500,
             log_filter: "info".into(),
+            server_args: Vec::new(),
         }
     }
 }
@@ -218,6 +221,7 @@ impl TestCluster {
             "--heartbeat-ms",
             &self.options.heartbeat_ms.to_string(),
         ]);
+        cmd.args(&self.options.server_args);
         let server = Daemon::spawn(cmd);
         let line = server.wait_line("listening on", READY);
         self.addr = line

@@ -8,6 +8,7 @@
 //! - [`placement`]: which agent runs a process;
 //! - [`outbox`]: the one way effects leave (store batch, agent messages
 //!   after the commit);
+//! - [`retention`]: which finished processes go, and when;
 //! - [`settle`]: per-process notification for join, wait, start, signal;
 //! - [`logs`]: output routing, under its own lock;
 //! - [`error`]: what operations refuse, as [`CoreError`];
@@ -39,6 +40,7 @@ mod ops;
 pub mod outbox;
 pub mod placement;
 pub mod procs;
+pub mod retention;
 pub mod settle;
 pub mod table;
 
@@ -144,6 +146,11 @@ impl Durable<'_> {
     pub fn get(&self, id: &str) -> Option<&Proc> {
         self.0.durable(id)
     }
+
+    /// Whether retention removed `id` and the removal is committed.
+    pub fn was_removed(&self, id: &str) -> bool {
+        self.0.table.was_removed(id) && self.0.durable(id).is_none()
+    }
 }
 
 /// A Terminate/Kill waiting for its node to confirm the signal was sent.
@@ -168,6 +175,8 @@ pub struct Core {
     /// Node credentials (docs/design.md §10); see [`identity`].
     identities: Mutex<identity::NodeIdentities>,
     pub timings: Timings,
+    /// Processes removed by retention since start-up.
+    removed_total: AtomicU64,
 }
 
 impl Core {
@@ -192,6 +201,7 @@ impl Core {
             agents_changed: watch::channel(0).0,
             identities: Mutex::new(identity::NodeIdentities::default()),
             timings,
+            removed_total: AtomicU64::new(0),
         });
         let sink: Arc<dyn Sink> = core.clone();
         store.attach(Arc::downgrade(&sink));
@@ -312,7 +322,7 @@ impl Sink for Core {
                 Undo::Proc { id, .. } => procs.push(id.clone()),
                 Undo::Agent { name, .. } => agents.push(name.clone()),
                 Undo::NextNumber(_) => number = true,
-                Undo::ChildCount { .. } => {}
+                Undo::ChildCount { .. } | Undo::Removed(_) => {}
             }
         }
         let batches = woken.len();

@@ -616,7 +616,9 @@ async fn a_failed_commit_rolls_back_acknowledges_nothing_and_recovers_without_a_
     let p = core.get(&first).unwrap();
     assert_eq!((p.state, p.exitcode), (ProcState::Started, None));
     assert_eq!(
-        core.list(true, "").len(),
+        core.list_page(true, "", None, None, usize::MAX, |_| ())
+            .0
+            .len(),
         1,
         "the refused start left no process"
     );
@@ -659,7 +661,12 @@ async fn a_failed_commit_rolls_back_acknowledges_nothing_and_recovers_without_a_
         (p.id.as_str(), p.state),
         (l.process_id.as_str(), ProcState::Started)
     );
-    assert_eq!(core.list(true, "").len(), 2);
+    assert_eq!(
+        core.list_page(true, "", None, None, usize::MAX, |_| ())
+            .0
+            .len(),
+        2
+    );
     assert!(rx.try_recv().is_err(), "launched exactly once");
 }
 
@@ -688,4 +695,152 @@ fn revert_leaves_the_table_as_before_the_changes() {
     assert_eq!(t.by_request("r1"), None);
     assert_eq!((used(&t, "n1"), t.next_number()), (0, 1));
     assert!(t.queued().is_empty());
+}
+
+#[test]
+fn retention_removes_the_oldest_finished_beyond_the_count_and_tells_their_node() {
+    use super::retention::{sweep, Retention};
+    let (mut t, now) = cluster(8);
+    let mut next = ids();
+    for _ in 0..5 {
+        let s = procs::start(&mut t, cmd(&["true"]), &mut next, T0_MS).unwrap();
+        procs::launched(&mut t, "n1", &s.id, 10, T0_MS);
+    }
+    // p4 first, then p1, p2, p3; p5 still runs.
+    for id in ["p4", "p1", "p2", "p3"] {
+        procs::exited(&mut t, "n1", 1, exit(id, 0), T0_MS);
+    }
+    let policy = Retention {
+        keep: 2,
+        max_age: Duration::from_secs(3600),
+    };
+    let swept = sweep(&mut t, &policy, Instant::now(), 1);
+    assert_eq!((swept.removed, swept.more), (1, true), "one per batch");
+    let swept2 = sweep(&mut t, &policy, Instant::now(), 10);
+    assert_eq!((swept2.removed, swept2.more), (1, false));
+    assert!(!t.contains("p4") && !t.contains("p1"));
+    assert!(t.contains("p2") && t.contains("p3") && t.contains("p5"));
+    assert!(t.was_removed("p4"));
+    let rows: Vec<_> = swept2
+        .effects
+        .rows()
+        .iter()
+        .filter_map(|r| match r {
+            Row::Removed(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows, ["p1"]);
+    assert_eq!(
+        swept2.effects.sends()[0].msg,
+        ToNode::RemoveOutputs(vec!["p1".into()])
+    );
+    let _ = now;
+    // By age: everything finished longer ago than max_age goes; p5 runs on.
+    let old = Retention {
+        keep: 100,
+        max_age: Duration::ZERO,
+    };
+    sweep(&mut t, &old, Instant::now(), 10);
+    assert!(!t.contains("p2") && !t.contains("p3") && t.contains("p5"));
+}
+
+#[test]
+fn a_retried_start_of_a_removed_process_is_refused_not_launched_again() {
+    use super::retention::{sweep, Retention};
+    let (mut t, _) = cluster(2);
+    let mut spec = cmd(&["true"]);
+    spec.request_id = "r1".into();
+    start(&mut t, spec.clone(), "p1");
+    procs::launched(&mut t, "n1", "p1", 10, T0_MS);
+    procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    let none = Retention {
+        keep: 0,
+        max_age: Duration::from_secs(3600),
+    };
+    assert_eq!(sweep(&mut t, &none, Instant::now(), 10).removed, 1);
+    let err = procs::start(&mut t, spec, || "p2".into(), T0_MS).unwrap_err();
+    assert!(
+        matches!(err, CoreError::RemovedRequest { ref id, .. } if id == "p1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pages_follow_creation_order_and_rows_created_meanwhile_come_later_once() {
+    let (mut t, _) = cluster(100);
+    let mut next = ids();
+    for i in 0..5 {
+        procs::start(&mut t, cmd(&["true"]), &mut next, T0_MS + i).unwrap();
+    }
+    let (first, more) = t.page(None, 2, |id| t.get(id));
+    let first: Vec<String> = first.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(
+        (first.as_slice(), more),
+        (&["p1".to_owned(), "p2".into()][..], true)
+    );
+    let cursor = {
+        let p = t.get("p2").unwrap();
+        (p.created_unix_ms, p.id.clone())
+    };
+    // One more, created after the first page.
+    procs::start(&mut t, cmd(&["true"]), &mut next, T0_MS + 10).unwrap();
+    let (rest, more) = t.page(Some(&cursor), 100, |id| t.get(id));
+    let rest: Vec<&str> = rest.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!((rest, more), (vec!["p3", "p4", "p5", "p6"], false));
+}
+
+/// The listing indices follow `Table::revert`: a reverted start leaves the
+/// listing order, a reverted exit leaves the finished queue, and a reverted
+/// retention removal comes back with its order entry, its place in the
+/// finished queue, its request id and no tombstone.
+#[test]
+fn revert_keeps_the_listing_and_retention_indices_true() {
+    use super::retention::{sweep, Retention};
+    let (mut t, _) = cluster(8);
+    let mut next = ids();
+    let listed = |t: &Table| -> Vec<String> {
+        t.page(None, 100, |id| t.get(id))
+            .0
+            .iter()
+            .map(|p| p.id.clone())
+            .collect()
+    };
+    let mut spec = cmd(&["a"]);
+    spec.request_id = "r1".into();
+    let s1 = procs::start(&mut t, spec, &mut next, T0_MS).unwrap();
+    procs::launched(&mut t, "n1", &s1.id, 10, T0_MS);
+    t.take_undo();
+    // A start whose commit fails is not listed.
+    procs::start(&mut t, cmd(&["b"]), &mut next, T0_MS + 1).unwrap();
+    assert_eq!(listed(&t), ["p1", "p2"]);
+    let u = t.take_undo();
+    t.revert(u);
+    assert_eq!(listed(&t), ["p1"]);
+    // An exit whose commit fails is not finished.
+    procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    assert_eq!(t.finished_len(), 1);
+    let u = t.take_undo();
+    t.revert(u);
+    assert_eq!((state(&t, "p1"), t.finished_len()), (ProcState::Started, 0));
+    // A removal whose commit fails: everything back.
+    procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    t.take_undo();
+    let (at, _) = t.oldest_finished().unwrap();
+    let everything = Retention {
+        keep: 0,
+        max_age: Duration::ZERO,
+    };
+    assert_eq!(sweep(&mut t, &everything, Instant::now(), 10).removed, 1);
+    assert!(t.get("p1").is_none() && t.was_removed("p1"));
+    assert_eq!(t.removed_request("r1"), Some("p1"));
+    let u = t.take_undo();
+    t.revert(u);
+    assert_eq!(listed(&t), ["p1"]);
+    assert_eq!(t.oldest_finished(), Some((at, "p1")));
+    assert_eq!(t.by_request("r1"), Some("p1"));
+    assert!(!t.was_removed("p1") && t.removed_request("r1").is_none());
+    // And the next sweep removes it for good.
+    assert_eq!(sweep(&mut t, &everything, Instant::now(), 10).removed, 1);
+    assert!(t.get("p1").is_none() && listed(&t).is_empty());
 }
