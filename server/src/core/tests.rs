@@ -844,3 +844,67 @@ fn revert_keeps_the_listing_and_retention_indices_true() {
     assert_eq!(sweep(&mut t, &everything, Instant::now(), 10).removed, 1);
     assert!(t.get("p1").is_none() && listed(&t).is_empty());
 }
+
+/// A retention removal whose commit fails loses nothing: the process is
+/// still there (get, listing), no RemoveOutputs is sent,
+/// and once commits work again a later sweep removes it for good.
+#[tokio::test]
+async fn a_retention_removal_whose_commit_fails_is_put_back() {
+    use super::retention::Retention;
+    use mpctl_proto::v1::coordinator_message::Msg as ToAgent;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let (store, _) = crate::store::Store::open(&db).unwrap();
+    let core = super::Core::new(Table::new(1), store.clone(), super::Timings::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let g = core.register(reg("n1", 2), tx).await.unwrap();
+    let id = {
+        let core2 = Arc::clone(&core);
+        let start = tokio::spawn(async move { core2.start(cmd(&["true"])).await });
+        let Some(ToAgent::Launch(l)) = rx.recv().await.unwrap().msg else {
+            panic!("expected a Launch");
+        };
+        core.launched("n1", &l.process_id, 100, T0_MS);
+        start.await.unwrap().unwrap().id
+    };
+    core.exited("n1", g, exit(&id, 0));
+    let (p, _) = core.join(&id, None).await.unwrap();
+    assert_eq!(p.exitcode, Some(0));
+    while let Ok(m) = rx.try_recv() {
+        assert!(matches!(m.msg, Some(ToAgent::AckExit(_))), "{m:?}");
+    }
+    let everything = Retention {
+        keep: 0,
+        max_age: Duration::ZERO,
+    };
+    let listed = |core: &super::Core| {
+        core.list_page(true, "", None, None, usize::MAX, |p| p.id.clone())
+            .0
+    };
+
+    store.inject_disk_full(true);
+    assert!(!core.sweep_once(&everything).await);
+    assert_eq!(core.get(&id).unwrap().exitcode, Some(0), "put back");
+    assert_eq!(listed(&core).len(), 1);
+    while let Ok(m) = rx.try_recv() {
+        assert!(
+            !matches!(m.msg, Some(ToAgent::RemoveOutputs(_))),
+            "no RemoveOutputs for an uncommitted removal: {m:?}"
+        );
+    }
+
+    store.inject_disk_full(false);
+    while core.store_failing().is_some() {
+        tokio::task::yield_now().await;
+    }
+    // Drain what recovery sends (ResendReports), then remove for good.
+    while rx.try_recv().is_ok() {}
+    core.sweep_once(&everything).await;
+    assert!(matches!(core.get(&id), Err(CoreError::Removed(ref r)) if *r == id));
+    assert!(listed(&core).is_empty());
+    let Some(ToAgent::RemoveOutputs(r)) = rx.recv().await.unwrap().msg else {
+        panic!("expected RemoveOutputs");
+    };
+    assert_eq!(r.process_ids, [id]);
+}
