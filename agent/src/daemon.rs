@@ -109,6 +109,7 @@ pub async fn run_observed(
         state,
         launcher,
         watcher: output_watcher,
+        outputs: crate::outputs::Outputs::new(procs_dir.clone()),
         procs_dir,
         relay,
     };

@@ -12,7 +12,8 @@
 //!   launches and exits (re-sending unacknowledged exits after any reconnect), and
 //!   serves process output ([`logs`], woken by one shared inotify instance in
 //!   `output_watch`), and relays pool workers' tasks and results over a
-//!   node-local socket ([`pool_relay`]). With a health address it serves
+//!   node-local socket ([`pool_relay`]), and removes the output of
+//!   processes the coordinator's retention removed (`outputs`). With a health address it serves
 //!   `grpc.health.v1` there, ready once registered with its launcher
 //!   connected (`health`); its counters for Prometheus are in [`metrics`].
 //!
@@ -31,6 +32,7 @@ pub mod launcher;
 pub mod logs;
 pub mod metrics;
 mod output_watch;
+mod outputs;
 pub mod pool_relay;
 mod session;
 mod state;

@@ -22,6 +22,7 @@ use crate::error::AgentError;
 use crate::launcher::{Bootstrap, LaunchError, LaunchSpec, Launcher};
 use crate::logs;
 use crate::output_watch::OutputWatcher;
+use crate::outputs::Outputs;
 use crate::pool_relay::PoolRelay;
 use crate::state::NodeState;
 use mpctl_transport::trace::W3c;
@@ -41,6 +42,7 @@ pub struct Ctx {
     pub state: Arc<NodeState>,
     pub launcher: Launcher,
     pub watcher: Arc<OutputWatcher>,
+    pub outputs: Arc<Outputs>,
     pub procs_dir: PathBuf,
     pub relay: Arc<PoolRelay>,
 }
@@ -227,12 +229,18 @@ async fn serve(
                     stdout_offset: r.stdout_offset,
                     stderr_offset: r.stderr_offset,
                 };
-                let task = tokio::spawn(logs::serve(
+                // Its output is not removed while it is read.
+                let reading = ctx.outputs.reading(&request.id);
+                let serve = logs::serve(
                     Arc::clone(&ctx.state),
                     Arc::clone(&ctx.watcher),
                     ctx.procs_dir.clone(),
                     request,
-                ));
+                );
+                let task = tokio::spawn(async move {
+                    let _reading = reading;
+                    serve.await
+                });
                 tasks.readers.retain(|_, h| !h.is_finished());
                 tasks.readers.insert(r.request_id, task.abort_handle());
             }
@@ -245,6 +253,7 @@ async fn serve(
                     .deliver(&s.process_id.clone(), agent_to_worker::Msg::Stop(s));
             }
             Some(FromCoordinator::ResendReports(_)) => ctx.state.resync(),
+            Some(FromCoordinator::RemoveOutputs(r)) => ctx.outputs.remove(r.process_ids),
             Some(FromCoordinator::CancelLogs(c)) => {
                 if let Some(h) = tasks.readers.remove(&c.request_id) {
                     h.abort();

@@ -205,6 +205,11 @@ pub struct Split {
 
 impl Split {
     pub fn start(mpctl: &Path, slots: u32) -> Result<Split> {
+        Split::start_with(mpctl, slots, &[])
+    }
+
+    /// [`Split::start`] with more arguments for `mpctl server`.
+    pub fn start_with(mpctl: &Path, slots: u32, server_args: &[&str]) -> Result<Split> {
         let dir = temp_home("mpctl-bench-split-")?;
         let key = dir.path().join("authkey");
         mpctl::AuthKey::write_new(&key, false)?;
@@ -213,7 +218,8 @@ impl Split {
             .env("MPCTL_AUTHKEY_FILE", &key)
             .arg("server")
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path().join("server"));
+            .arg(dir.path().join("server"))
+            .args(server_args);
         let server = Daemon::spawn("mpctl server", cmd)?;
         let mut split = Split {
             agent: None,

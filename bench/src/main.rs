@@ -12,6 +12,7 @@ mod notify;
 mod pool;
 mod rate;
 mod report;
+mod retention;
 mod scale;
 mod startjoin;
 
@@ -42,8 +43,9 @@ struct Cli {
     /// A fast smoke run: 2 rounds, few iterations, a small scale case
     #[arg(long)]
     quick: bool,
-    /// Run only these cases (numbers 1–6, comma-separated); the floor always runs
-    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=6))]
+    /// Run only these cases (numbers 1–7, comma-separated); the floor always
+    /// runs. Case 7 (retention: 200,000 processes) runs only when named here
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u8).range(1..=7))]
     only: Vec<u8>,
     #[command(subcommand)]
     mode: Option<Mode>,
@@ -410,7 +412,7 @@ async fn bench_all(
     rounds: usize,
     only: &[u8],
 ) -> Result<Vec<Row>> {
-    let case = |c: u8| only.is_empty() || only.contains(&c);
+    let case = |c: u8| (only.is_empty() && c != 7) || only.contains(&c);
     eprintln!("mpctl-bench: starting mpctl dev");
     let dev = Dev::start(&mpctl)?;
     let cluster = connect(&dev.addr, &dev.key).await?;
@@ -481,6 +483,10 @@ async fn bench_all(
     }
     if case(6) {
         rows.extend(notify::crowd_rows(&s));
+    }
+    if case(7) {
+        eprintln!("mpctl-bench: retention (server --retain 10000 + agent)");
+        rows.extend(retention::run(&ctx).await?);
     }
     Ok(rows)
 }

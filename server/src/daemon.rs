@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::agent_service::AgentSessions;
 use crate::core::model::AgentState;
+use crate::core::retention::Retention;
 use crate::core::table::Table;
 use crate::core::{Core, Timings};
 use crate::pool::{PoolService, Pools};
@@ -60,6 +61,8 @@ pub struct CoordinatorConfig {
     pub authkey: AuthKey,
     pub security: Security,
     pub timings: Timings,
+    /// How many finished processes are kept, and for how long.
+    pub retention: Retention,
 }
 
 /// A running coordinator. Dropping it without [`Coordinator::shutdown`]
@@ -140,6 +143,7 @@ impl Coordinator {
         let core = Core::new(table, store, config.timings);
         core.restore_node_credentials(loaded.node_credentials);
         core.start_lease_clocks();
+        core.start_retention(config.retention);
         let pools = Pools::new(Arc::clone(&core));
 
         let listener = tokio::net::TcpListener::bind(config.listen)

@@ -20,6 +20,7 @@
 //! message leaves before the rows it depends on are durable. Waiters (join,
 //! wait, start, signal) sleep on per-process notifications; output is
 //! routed apart from the table.
+//! [`page`] cuts List and Wait answers into pages that fit a message.
 //! [`health`] says when the coordinator is ready, for the plaintext health
 //! listener; [`metrics`] holds what it exports to Prometheus.
 
@@ -30,6 +31,7 @@ pub mod core;
 pub mod daemon;
 pub mod health;
 pub mod metrics;
+pub mod page;
 pub mod pool;
 pub mod process_service;
 pub mod scope;
@@ -37,5 +39,6 @@ pub mod store;
 pub mod validate;
 pub mod wire;
 
+pub use crate::core::retention::Retention;
 pub use crate::core::Timings;
 pub use daemon::{Coordinator, CoordinatorConfig, ServerError};

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use crate::core::logs::{LogReader, Offsets};
 use crate::core::{Core, CoreError};
 use crate::scope::{caller, client_only, own_lineage, own_subtree, Caller};
-use crate::{validate, wire};
+use crate::{page, validate, wire};
 
 pub struct ProcessService {
     pub core: Arc<Core>,
@@ -106,17 +106,24 @@ impl ProcessManager for ProcessService {
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let who = caller(&self.core, &req)?;
         let r = req.into_inner();
+        let after = page::list_cursor(&r.page_token)?;
+        // A job sees its own descendants only.
+        let within = match &who {
+            Caller::Client => None,
+            Caller::Job(me) => Some(me.as_str()),
+        };
+        let (rows, more) = self.core.list_page(
+            r.all,
+            &r.node,
+            within,
+            after.as_ref(),
+            page::size(r.page_size),
+            wire::list_row,
+        );
+        let (processes, next_page_token) = page::fill(rows, more, page::list_token);
         Ok(Response::new(ListResponse {
-            processes: self
-                .core
-                .list(r.all, &r.node)
-                .iter()
-                .filter(|p| match &who {
-                    Caller::Client => true,
-                    Caller::Job(me) => self.core.descends_from(&p.id, me),
-                })
-                .map(wire::process_info)
-                .collect(),
+            processes,
+            next_page_token,
         }))
     }
 
@@ -138,9 +145,30 @@ impl ProcessManager for ProcessService {
             own_lineage(&self.core, &who, id, "wait for")?;
         }
         let all = r.mode == WaitMode::All as i32;
-        let ready = self.core.wait(&r.ids, timeout(r.timeout_ms), all).await?;
+        let from = page::wait_offset(&r.page_token, r.ids.len())?;
+        let ready = self
+            .core
+            .wait(
+                &r.ids,
+                timeout(r.timeout_ms),
+                all,
+                from.unwrap_or(0),
+                from.is_none(),
+                |id, p| match p {
+                    Some(p) => wire::list_row(p),
+                    // Removed by retention: ready, and nothing else is known.
+                    None => ProcessInfo {
+                        id: id.to_owned(),
+                        ..ProcessInfo::default()
+                    },
+                },
+            )
+            .await?;
+        let (ready, next_page_token) =
+            page::fill_sized(ready, page::size(r.page_size), page::wait_token);
         Ok(Response::new(WaitResponse {
-            ready: ready.iter().map(wire::process_info).collect(),
+            ready,
+            next_page_token,
         }))
     }
 

@@ -70,7 +70,8 @@ pub enum Op {
     Process(Box<(ProcessInfo, StartRequest)>),
     Agent(Box<AgentInfo>),
     NextNumber(u64),
-    /// A process row that must not exist (a rolled-back start).
+    /// A process row that must not exist: a rolled-back start, or a
+    /// finished process that retention removed.
     DeleteProcess(String),
     /// An agent row that must not exist (a rolled-back first registration).
     DeleteAgent(String),

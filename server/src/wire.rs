@@ -25,7 +25,8 @@ pub fn status(e: CoreError) -> Status {
     use CoreError as E;
     let msg = e.to_string();
     match e {
-        E::UnknownProcess(_) => Status::not_found(msg),
+        E::UnknownProcess(_) | E::Removed(_) => Status::not_found(msg),
+        E::RemovedRequest { .. } | E::BadPageToken(_) => Status::invalid_argument(msg),
         E::UnknownParent(_) | E::PoolWorkerStart | E::WaitNoIds | E::WaitTooMany { .. } => {
             Status::invalid_argument(msg)
         }
@@ -156,6 +157,74 @@ pub fn process_info(p: &Proc) -> ProcessInfo {
         identity: p.identity.clone(),
         limits: p.launch.limits,
         pool_id: p.pool_id.clone(),
+        traceparent: p.trace.w3c.traceparent.clone(),
+        tracestate: p.trace.w3c.tracestate.clone(),
+        argv_omitted_bytes: 0,
+    }
+}
+
+/// How much of argv a listing row carries; the rest is counted in
+/// `argv_omitted_bytes` (Get has the whole).
+pub const ROW_ARGV_BYTES: usize = 1024;
+/// How much of cwd and of start_error a listing row carries.
+pub const ROW_TEXT_BYTES: usize = 512;
+
+/// `s` cut to at most `max` bytes at a character boundary.
+fn prefix(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn cut_text(s: &str) -> String {
+    if s.len() <= ROW_TEXT_BYTES {
+        return s.to_owned();
+    }
+    format!("{}…", prefix(s, ROW_TEXT_BYTES))
+}
+
+/// A process as a List or Wait row: bounded whatever the process (argv up
+/// to [`ROW_ARGV_BYTES`], cwd and start_error up to [`ROW_TEXT_BYTES`], no
+/// result), so a page of them fits in one message.
+pub fn list_row(p: &Proc) -> ProcessInfo {
+    let mut budget = ROW_ARGV_BYTES;
+    let mut argv = Vec::new();
+    let mut omitted = 0u64;
+    for a in &p.argv {
+        if budget == 0 {
+            omitted += a.len() as u64;
+            continue;
+        }
+        let kept = prefix(a, budget);
+        omitted += (a.len() - kept.len()) as u64;
+        budget -= kept.len();
+        argv.push(kept.to_owned());
+    }
+    ProcessInfo {
+        id: p.id.clone(),
+        name: p.name.clone(),
+        node: p.node.clone(),
+        pid: p.pid,
+        state: proc_state(p.state) as i32,
+        exitcode: p.exitcode,
+        start_error: cut_text(&p.start_error),
+        daemon: p.daemon,
+        parent_id: p.parent_id.clone(),
+        argv,
+        created_unix_ms: p.created_unix_ms,
+        started_unix_ms: p.started_unix_ms,
+        stopped_unix_ms: p.stopped_unix_ms,
+        request_id: p.request_id.clone(),
+        start_method: method(p.method) as i32,
+        cwd: cut_text(&p.cwd),
+        function: p.function.clone(),
+        result: None,
+        identity: p.identity.clone(),
+        limits: p.launch.limits,
+        pool_id: p.pool_id.clone(),
+        argv_omitted_bytes: omitted,
         traceparent: p.trace.w3c.traceparent.clone(),
         tracestate: p.trace.w3c.tracestate.clone(),
     }
@@ -388,6 +457,9 @@ pub fn to_node(m: ToNode) -> CoordinatorMessage {
         }),
         ToNode::CancelLogs(request_id) => ToAgent::CancelLogs(pb::CancelLogs { request_id }),
         ToNode::ResendReports => ToAgent::ResendReports(pb::ResendReports {}),
+        ToNode::RemoveOutputs(process_ids) => {
+            ToAgent::RemoveOutputs(pb::RemoveOutputs { process_ids })
+        }
     };
     CoordinatorMessage { msg: Some(msg) }
 }

@@ -313,7 +313,7 @@ async fn a_key_of_one_role_does_not_work_for_the_other() {
     let status = ProcessManagerClient::new(agent_channel.clone())
         .list(ListRequest {
             all: true,
-            node: String::new(),
+            ..ListRequest::default()
         })
         .await
         .expect_err("an agent connection listed processes");

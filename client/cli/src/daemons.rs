@@ -77,6 +77,8 @@ pub struct DevArgs {
     lease: LeaseArgs,
     #[command(flatten)]
     pub observe: ObserveArgs,
+    #[command(flatten)]
+    retention: RetentionArgs,
 }
 
 #[derive(Args)]
@@ -90,9 +92,56 @@ pub struct ServerArgs {
     #[command(flatten)]
     lease: LeaseArgs,
     #[command(flatten)]
+    retention: RetentionArgs,
+    #[command(flatten)]
     health: HealthListenArgs,
     #[command(flatten)]
     pub observe: ObserveArgs,
+}
+
+#[derive(Args)]
+pub struct RetentionArgs {
+    /// Keep at most N finished (stopped or failed) processes; the
+    /// oldest-finished beyond it are removed, with their output on the node
+    #[arg(long, default_value_t = mpctl_server::Retention::default().keep, value_name = "N")]
+    retain: usize,
+    /// Remove finished processes this long after they finished (e.g. 7d,
+    /// 12h, 30m, 90s, 500ms)
+    #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DURATION")]
+    retain_for: Duration,
+}
+
+impl RetentionArgs {
+    fn retention(&self) -> mpctl_server::Retention {
+        mpctl_server::Retention {
+            keep: self.retain,
+            max_age: self.retain_for,
+        }
+    }
+}
+
+/// `7d`, `12h`, `30m`, `90s`, `500ms` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| {
+        format!("{s:?} is not a duration: give a number and a unit, e.g. 7d, 12h, 30m, 90s, 500ms")
+    })?;
+    let ms = match unit {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    n.checked_mul(ms)
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{s:?} is too long"))
 }
 
 #[derive(Args)]
@@ -262,6 +311,7 @@ pub async fn server(g: &Global, a: ServerArgs) -> anyhow::Result<i32> {
         authkey: AuthKey::load(&key_path)?,
         security: security(g),
         timings: a.lease.timings()?,
+        retention: a.retention.retention(),
     })
     .await?;
     eprintln!("mpctl server: listening on {}", coordinator.local_addr());
@@ -344,6 +394,7 @@ pub async fn dev(g: &Global, a: DevArgs) -> anyhow::Result<i32> {
         authkey: authkey.clone(),
         security: sec,
         timings: a.lease.timings()?,
+        retention: a.retention.retention(),
     })
     .await
     .with_context(|| format!("cannot start the coordinator (is another `mpctl dev` using {}? pick another with --listen)", a.listen))?;

@@ -25,6 +25,7 @@ pub fn process_json(p: &ProcessInfo) -> Value {
         "daemon": p.daemon,
         "parent_id": (!p.parent_id.is_empty()).then_some(&p.parent_id),
         "argv": p.argv,
+        "argv_omitted_bytes": p.argv_omitted_bytes,
         "cwd": (!p.cwd.is_empty()).then_some(&p.cwd),
         "start_method": p.start_method.as_str(),
         "function": (!p.function.is_empty()).then_some(&p.function),
@@ -82,12 +83,29 @@ pub fn exitcode_text(p: &ProcessInfo) -> String {
     p.exitcode.map_or_else(|| "-".into(), |c| c.to_string())
 }
 
-pub fn command_text(argv: &[String]) -> String {
+pub fn command_text(argv: &[String], omitted: u64) -> String {
     let s = argv.join(" ");
-    if s.chars().count() > 60 {
-        format!("{}…", s.chars().take(59).collect::<String>())
+    let shown = s.chars().count() > 60;
+    let text = if shown {
+        s.chars().take(59).collect::<String>()
     } else {
         s
+    };
+    // What the listing row left out, beyond what the column cuts.
+    match (omitted, shown) {
+        (0, false) => text,
+        (0, true) => format!("{text}…"),
+        (n, _) => format!("{text}…(+{})", size_text(n)),
+    }
+}
+
+/// Bytes for people: `940 KB`, `1.2 MB`, `812 B`.
+pub fn size_text(n: u64) -> String {
+    match n {
+        n if n >= 10 << 20 => format!("{} MB", n >> 20),
+        n if n >= 1 << 20 => format!("{:.1} MB", n as f64 / f64::from(1 << 20)),
+        n if n >= 1 << 10 => format!("{} KB", n >> 10),
+        n => format!("{n} B"),
     }
 }
 
@@ -143,6 +161,7 @@ mod tests {
             daemon: true,
             parent_id: "00000000000000bb".into(),
             argv: vec!["sh".into(), "-c".into(), "exit 3".into()],
+            argv_omitted_bytes: 0,
             cwd: String::new(),
             start_method: StartMethod::Forkserver,
             function: "whoami".into(),
@@ -163,7 +182,7 @@ mod tests {
         let text = serde_json::to_string(&process_json(&p)).unwrap();
         assert_eq!(
             text,
-            r#"{"argv":["sh","-c","exit 3"],"created_unix_ms":1700000000001,"cwd":null,"daemon":true,"exitcode":-15,"function":"whoami","id":"00000000000000aa","limits":{"cpu_seconds":null,"memory_bytes":1048576},"name":"Process-3:1","node":"node-a","parent_id":"00000000000000bb","pid":4242,"pool_id":null,"start_error":null,"start_method":"forkserver","started_unix_ms":1700000000002,"state":"stopped","stopped_unix_ms":null,"trace_id":null}"#
+            r#"{"argv":["sh","-c","exit 3"],"argv_omitted_bytes":0,"created_unix_ms":1700000000001,"cwd":null,"daemon":true,"exitcode":-15,"function":"whoami","id":"00000000000000aa","limits":{"cpu_seconds":null,"memory_bytes":1048576},"name":"Process-3:1","node":"node-a","parent_id":"00000000000000bb","pid":4242,"pool_id":null,"start_error":null,"start_method":"forkserver","started_unix_ms":1700000000002,"state":"stopped","stopped_unix_ms":null,"trace_id":null}"#
         );
     }
 }

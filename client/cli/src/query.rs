@@ -48,6 +48,9 @@ pub struct PsArgs {
     /// Only processes on this agent
     #[arg(long)]
     node: Option<String>,
+    /// At most N rows (the oldest first)
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
     #[command(flatten)]
     format: FormatArgs,
 }
@@ -130,14 +133,15 @@ fn process_row(p: &ProcessInfo) -> Vec<String> {
         p.state.as_str().into(),
         exitcode_text(p),
         age(p.created),
-        command_text(&p.argv),
+        command_text(&p.argv, p.argv_omitted_bytes),
     ]
 }
 
 pub async fn ps(g: &Global, a: PsArgs) -> anyhow::Result<i32> {
     let cluster = g.cluster().await?;
+    // Every page, oldest first, up to --limit.
     let list = cluster
-        .list_on(a.node.as_deref().unwrap_or_default(), a.all)
+        .list_all(a.node.as_deref().unwrap_or_default(), a.all, a.limit)
         .await;
     cluster.close().await;
     let list = list?;
@@ -160,7 +164,7 @@ pub async fn inspect(g: &Global, a: IdsArgs) -> anyhow::Result<i32> {
     for id in &a.ids {
         match cluster.get(id).await {
             Ok(p) => found.push(p),
-            Err(e @ Error::NotFound { .. }) => {
+            Err(e @ (Error::NotFound { .. } | Error::Removed { .. })) => {
                 eprintln!("mpctl: {e}");
                 missing += 1;
             }

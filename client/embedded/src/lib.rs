@@ -125,6 +125,7 @@ impl Embedded {
             authkey: AuthKey::from_bytes(key_bytes),
             security: SECURITY,
             timings: Timings::default(),
+            retention: mpctl_server::Retention::default(),
         })
         .await
         .map_err(|e| EmbeddedError(e.to_string()))?;

@@ -16,6 +16,14 @@ use crate::error::{Error, Result};
 use crate::status::{AgentInfo, ProcessInfo};
 use crate::wire;
 
+/// One page of a listing ([`Cluster::list_page`]).
+#[derive(Clone, Debug)]
+pub struct ListPage {
+    pub processes: Vec<ProcessInfo>,
+    /// Where the next page starts; `None`: this was the last.
+    pub next_page_token: Option<String>,
+}
+
 /// A handle on a cluster; cheap to clone. Every [`crate::Process`] belongs to one.
 #[derive(Clone)]
 pub struct Cluster {
@@ -131,24 +139,72 @@ impl Cluster {
         wire::process_info(info)
     }
 
-    /// Processes not yet stopped, or all of them.
+    /// Processes not yet stopped, or all of them, oldest first (every
+    /// page of [`Cluster::list_page`]).
     pub async fn list(&self, all: bool) -> Result<Vec<ProcessInfo>> {
         self.list_on("", all).await
     }
 
     /// [`Cluster::list`] for the processes on one node (`""`: every node).
     pub async fn list_on(&self, node: &str, all: bool) -> Result<Vec<ProcessInfo>> {
-        let list = self
+        self.list_all(node, all, None).await
+    }
+
+    /// Walks the pages of the listing until it ends or `limit` rows are in.
+    /// Rows are listing rows (argv bounded, no results; see
+    /// [`ProcessInfo::argv_omitted_bytes`]).
+    pub async fn list_all(
+        &self,
+        node: &str,
+        all: bool,
+        limit: Option<usize>,
+    ) -> Result<Vec<ProcessInfo>> {
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let left = limit.map(|l| l.saturating_sub(out.len()));
+            if left == Some(0) {
+                break;
+            }
+            let page_size = left.map_or(0, |l| l.min(u32::MAX as usize) as u32);
+            let page = self.list_page(node, all, page_size, &token).await?;
+            out.extend(page.processes);
+            match page.next_page_token {
+                Some(t) => token = t,
+                None => break,
+            }
+        }
+        if let Some(l) = limit {
+            out.truncate(l);
+        }
+        Ok(out)
+    }
+
+    /// One page of the listing: up to `page_size` rows (0: the server's
+    /// default; the server also caps it) after `page_token` (`""`: from the
+    /// oldest process).
+    pub async fn list_page(
+        &self,
+        node: &str,
+        all: bool,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<ListPage> {
+        let r = self
             .api()
             .list(ListRequest {
                 all,
                 node: node.to_owned(),
+                page_size,
+                page_token: page_token.to_owned(),
             })
             .await
             .map_err(|s| Error::rpc("list", "", s))?
-            .into_inner()
-            .processes;
-        wire::process_infos(list)
+            .into_inner();
+        Ok(ListPage {
+            processes: wire::process_infos(r.processes)?,
+            next_page_token: (!r.next_page_token.is_empty()).then_some(r.next_page_token),
+        })
     }
 
     pub async fn agents(&self) -> Result<Vec<AgentInfo>> {

@@ -20,6 +20,9 @@ pub enum Error {
     Start { message: String },
     #[error("no process with id {id:?} (see `mpctl ps -a`)")]
     NotFound { id: String },
+    /// It had finished and the coordinator's retention removed it.
+    #[error("process {id:?} had finished and was removed by retention (the coordinator's --retain / --retain-for)")]
+    Removed { id: String },
     #[error("{op} {target}: {message}")]
     Rpc {
         op: &'static str,
@@ -45,6 +48,13 @@ impl Error {
     /// Maps a gRPC status from call `op` about `target` (a process id, or "").
     pub fn rpc(op: &'static str, target: &str, status: tonic::Status) -> Error {
         match status.code() {
+            tonic::Code::NotFound
+                if !target.is_empty() && status.message().contains("removed by retention") =>
+            {
+                Error::Removed {
+                    id: target.to_owned(),
+                }
+            }
             tonic::Code::NotFound if !target.is_empty() => Error::NotFound {
                 id: target.to_owned(),
             },

@@ -42,7 +42,7 @@ mod wire;
 
 pub use mpctl_runtime as runtime;
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, ListPage};
 pub use config::{ClusterConfig, Overrides};
 pub use error::{Error, Result};
 pub use logs::{LogOffsets, Logs};

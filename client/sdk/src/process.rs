@@ -566,21 +566,32 @@ async fn wait_mode(
         return Ok(Vec::new());
     };
     let ids: Vec<String> = sentinels.iter().map(|s| s.id.clone()).collect();
-    let ready = first
-        .cluster
-        .api()
-        .wait(WaitRequest {
-            ids,
-            timeout_ms: millis(timeout),
-            mode: mode as i32,
-        })
-        .await
-        .map_err(|s| Error::rpc("wait", "", s))?
-        .into_inner()
-        .ready;
+    // The first call waits; the later pages (a large answer) do not.
+    let mut ready = std::collections::HashSet::new();
+    let mut page_token = String::new();
+    loop {
+        let r = first
+            .cluster
+            .api()
+            .wait(WaitRequest {
+                ids: ids.clone(),
+                timeout_ms: millis(timeout),
+                mode: mode as i32,
+                page_size: 0,
+                page_token: std::mem::take(&mut page_token),
+            })
+            .await
+            .map_err(|s| Error::rpc("wait", "", s))?
+            .into_inner();
+        ready.extend(r.ready.into_iter().map(|p| p.id));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        page_token = r.next_page_token;
+    }
     Ok(sentinels
         .iter()
-        .filter(|s| ready.iter().any(|r| r.id == s.id))
+        .filter(|s| ready.contains(&s.id))
         .cloned()
         .collect())
 }

@@ -131,8 +131,12 @@ pub struct ProcessInfo {
     pub daemon: bool,
     /// The managed process that started it; empty when started from outside.
     pub parent_id: String,
-    /// The command (for a function target, the program it runs).
+    /// The command (for a function target, the program it runs). In a
+    /// listing (`list`, `wait`) a bounded prefix: see `argv_omitted_bytes`.
     pub argv: Vec<String>,
+    /// How many bytes of argv a listing row left out (0: whole; `get` and
+    /// `join` always carry the whole).
+    pub argv_omitted_bytes: u64,
     /// Working directory on the node; empty: the agent's.
     pub cwd: String,
     pub start_method: StartMethod,

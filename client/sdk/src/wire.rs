@@ -76,6 +76,7 @@ pub(crate) fn process_info(p: proto::ProcessInfo) -> Result<ProcessInfo> {
         node: p.node,
         parent_id: p.parent_id,
         argv: p.argv,
+        argv_omitted_bytes: p.argv_omitted_bytes,
         cwd: p.cwd,
         function: p.function,
         pool_id: p.pool_id,

@@ -19,6 +19,8 @@ pub enum Row {
         name: String,
         hash: Option<([u8; 32], i64)>,
     },
+    /// Delete this process's row (retention).
+    Removed(String),
 }
 
 /// A message to a node, sent after the rows before it are durable.
@@ -46,6 +48,8 @@ pub enum ToNode {
     /// Report running processes and unacknowledged exits again (what was
     /// reported while commits failed was rolled back).
     ResendReports,
+    /// Delete these processes' output (they were removed by retention).
+    RemoveOutputs(Vec<String>),
 }
 
 /// A message for one session of one node: a session that has ended since

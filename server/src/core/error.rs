@@ -7,6 +7,12 @@ use crate::store::StoreError;
 pub enum CoreError {
     #[error("no process with id {0:?} (see `mpctl ps -a` for the known ones)")]
     UnknownProcess(String),
+    #[error("process {0:?} had finished and was removed by retention (the coordinator's --retain / --retain-for)")]
+    Removed(String),
+    #[error("request id {request_id:?} started process {id}, which has finished and was removed by retention; use a new request id to start another")]
+    RemovedRequest { request_id: String, id: String },
+    #[error("page_token {0:?} is not one this server gave out (pass next_page_token from the previous page, with the same filters)")]
+    BadPageToken(String),
     #[error("parent process {0:?} is unknown")]
     UnknownParent(String),
     #[error("daemonic processes are not allowed to have children ({0} is daemonic)")]

@@ -8,6 +8,7 @@
 //! - [`placement`]: which agent runs a process;
 //! - [`outbox`]: the one way effects leave (store batch, agent messages
 //!   after the commit);
+//! - [`retention`]: which finished processes go, and when;
 //! - [`settle`]: per-process notification for join, wait, start, signal;
 //! - [`logs`]: output routing, under its own lock;
 //! - [`error`]: what operations refuse, as [`CoreError`];
@@ -39,6 +40,7 @@ mod ops;
 pub mod outbox;
 pub mod placement;
 pub mod procs;
+pub mod retention;
 pub mod settle;
 pub mod table;
 pub mod trace;
@@ -151,6 +153,11 @@ impl Durable<'_> {
     pub fn get(&self, id: &str) -> Option<&Proc> {
         self.0.durable(id)
     }
+
+    /// Whether retention removed `id` and the removal is committed.
+    pub fn was_removed(&self, id: &str) -> bool {
+        self.0.table.was_removed(id) && self.0.durable(id).is_none()
+    }
 }
 
 /// A Terminate/Kill waiting for its node to confirm the signal was sent.
@@ -176,6 +183,8 @@ pub struct Core {
     identities: Mutex<identity::NodeIdentities>,
     metrics: ServerMetrics,
     pub timings: Timings,
+    /// Processes removed by retention since start-up.
+    removed_total: AtomicU64,
 }
 
 impl Core {
@@ -203,6 +212,7 @@ impl Core {
             identities: Mutex::new(identity::NodeIdentities::default()),
             metrics,
             timings,
+            removed_total: AtomicU64::new(0),
         });
         let sink: Arc<dyn Sink> = core.clone();
         store.attach(Arc::downgrade(&sink));
@@ -376,7 +386,7 @@ impl Sink for Core {
                 Undo::Proc { id, .. } => procs.push(id.clone()),
                 Undo::Agent { name, .. } => agents.push(name.clone()),
                 Undo::NextNumber(_) => number = true,
-                Undo::ChildCount { .. } => {}
+                Undo::ChildCount { .. } | Undo::Removed(_) => {}
             }
         }
         let batches = woken.len();

@@ -59,6 +59,7 @@ impl Outbox {
                 Row::Agent(a) => Op::Agent(Box::new(wire::agent_info(&a))),
                 Row::NextNumber(n) => Op::NextNumber(n),
                 Row::NodeCredential { name, hash } => Op::NodeCredential { name, hash },
+                Row::Removed(id) => Op::DeleteProcess(id),
             });
         }
         if !fx.sends.is_empty() {

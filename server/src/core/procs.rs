@@ -43,6 +43,16 @@ pub fn start(
             effects: Effects::new(),
         });
     }
+    if let Some(id) = (!spec.request_id.is_empty())
+        .then(|| t.removed_request(&spec.request_id))
+        .flatten()
+    {
+        // Never launched twice: the process it started is gone, not unknown.
+        return Err(CoreError::RemovedRequest {
+            request_id: spec.request_id.clone(),
+            id: id.to_owned(),
+        });
+    }
     let mut fx = Effects::new();
     let id = loop {
         let id = new_id();

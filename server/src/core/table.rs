@@ -9,24 +9,49 @@
 //! - an agent's `running` set: exactly its processes that are launching or
 //!   started ([`Table::update`] moves ids in and out on every state change);
 //! - `queue`: every queued process once, oldest first (entries that left
-//!   the queued state are dropped when [`Table::queued`] next reads it).
+//!   the queued state are dropped when [`Table::queued`] next reads it);
+//! - `order`: every process once by (creation time, id), the order of
+//!   listings and their page tokens;
+//! - `finished`: every stopped or failed process once, in the order they
+//!   finished, with the monotonic time they did (retention removes from its
+//!   front, [`Table::remove`]);
+//! - `removed`: the most recent [`TOMBSTONES`] processes retention removed,
+//!   so `inspect` and a retried start can say so.
 //!
 //! Every change a transition makes is also recorded with the value it
 //! replaced ([`Undo`]): the core takes that record with each store batch,
 //! and if the batch's commit fails it hands it back to [`Table::revert`],
-//! which leaves the table as it was before (commit before effect).
+//! which leaves the table as it was before (commit before effect), the
+//! listing indices (`order`, `finished`, `removed`) included: a retention
+//! removal is recorded too ([`Undo::Removed`]) and a failed commit puts the
+//! process back with its index entries.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::ops::Bound;
+
+use tokio::time::Instant;
 
 use super::model::{Agent, Counts, Outcome, Proc, ProcState};
 
 /// The value a change replaced, to put back if its commit fails.
 #[derive(Clone, Debug)]
 pub enum Undo {
-    Proc { id: String, prior: Option<Proc> },
-    Agent { name: String, prior: Option<Agent> },
+    Proc {
+        id: String,
+        prior: Option<Proc>,
+    },
+    Agent {
+        name: String,
+        prior: Option<Agent>,
+    },
     NextNumber(u64),
-    ChildCount { parent: String, prior: Option<u32> },
+    ChildCount {
+        parent: String,
+        prior: Option<u32>,
+    },
+    /// Retention removed this process: the index entries to put back (the
+    /// process itself is restored by the [`Undo::Proc`] recorded after it).
+    Removed(Box<RemovedIndices>),
 }
 
 impl Undo {
@@ -38,6 +63,23 @@ impl Undo {
         }
     }
 }
+
+/// What [`Table::remove`] took besides the process, to put back.
+#[derive(Clone, Debug)]
+pub struct RemovedIndices {
+    id: String,
+    finished_at: Instant,
+    children_started: Option<u32>,
+    daemon_children: Option<Vec<String>>,
+    /// Its place among its parent's daemonic children.
+    sibling_at: Option<usize>,
+}
+
+/// How many removed processes the table remembers (id and request id).
+pub const TOMBSTONES: usize = 65_536;
+
+/// Where a listing continues: after this (creation time, id).
+pub type Cursor = (i64, String);
 
 #[derive(Default)]
 pub struct Table {
@@ -55,6 +97,12 @@ pub struct Table {
     /// Changes since the last [`Table::take_undo`], oldest first.
     undo: Vec<Undo>,
     counts: Counts,
+    order: BTreeSet<Cursor>,
+    finished: VecDeque<(Instant, String)>,
+    /// Removed ids and request ids (the request's process id), oldest first.
+    removed: VecDeque<(String, String)>,
+    removed_ids: HashSet<String>,
+    removed_requests: HashMap<String, String>,
 }
 
 impl Table {
@@ -81,6 +129,20 @@ impl Table {
         }
         let mut procs = procs;
         procs.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
+        // Finished before this run: their age is all the wall clock can
+        // tell; from here on it runs on the monotonic clock.
+        let (mono, wall) = (Instant::now(), super::now_ms());
+        let mut finished: Vec<(i64, String)> = procs
+            .iter()
+            .filter(|p| p.state.is_final())
+            .map(|p| (p.stopped_unix_ms, p.id.clone()))
+            .collect();
+        finished.sort();
+        for (stopped, id) in finished {
+            let age = std::time::Duration::from_millis(wall.saturating_sub(stopped).max(0) as u64);
+            let at = mono.checked_sub(age).unwrap_or(mono);
+            t.finished.push_back((at, id));
+        }
         for p in procs {
             if !p.parent_id.is_empty() {
                 // The highest number used, not a count: a parent may have
@@ -132,6 +194,7 @@ impl Table {
                         self.children_started.remove(&parent);
                     }
                 },
+                Undo::Removed(r) => self.revert_removed(*r),
             }
         }
         // The running sets and the counts by state follow from the
@@ -159,6 +222,8 @@ impl Table {
                 if self.by_request.get(&p.request_id).is_some_and(|x| x == id) {
                     self.by_request.remove(&p.request_id);
                 }
+                self.order.remove(&(p.created_unix_ms, p.id.clone()));
+                self.forget_finished(id);
                 if let Some(kids) = self.daemon_children.get_mut(&p.parent_id) {
                     kids.retain(|k| k != id);
                 }
@@ -181,7 +246,66 @@ impl Table {
                 .unwrap_or(self.queue.len());
             self.queue.insert(at, id.to_owned());
         }
+        match self.procs.get(id) {
+            // A reverted exit: it is not finished any more.
+            Some(now) if now.state.is_final() && !prior.state.is_final() => {
+                self.forget_finished(id);
+            }
+            Some(_) => {}
+            // A reverted removal: back in the listing order and the request
+            // index ([`Undo::Removed`], undone next, restores the rest).
+            None => {
+                self.order.insert((prior.created_unix_ms, prior.id.clone()));
+                if !prior.request_id.is_empty() {
+                    self.by_request
+                        .insert(prior.request_id.clone(), prior.id.clone());
+                }
+            }
+        }
         self.procs.insert(id.to_owned(), prior);
+    }
+
+    /// Drops `id`'s entry in the finished queue (newest first: a reverted
+    /// exit is among the latest).
+    fn forget_finished(&mut self, id: &str) {
+        if let Some(at) = self.finished.iter().rposition(|(_, f)| f == id) {
+            self.finished.remove(at);
+        }
+    }
+
+    /// Puts back what [`Table::remove`] took besides the process: its place
+    /// at the front of the finished queue (removals take from the front and
+    /// are undone newest first, so the order comes back as it was), its
+    /// child counter, its daemonic children, its place among its parent's,
+    /// and forgets its tombstone.
+    fn revert_removed(&mut self, r: RemovedIndices) {
+        self.finished.push_front((r.finished_at, r.id.clone()));
+        if let Some(k) = r.children_started {
+            self.children_started.insert(r.id.clone(), k);
+        }
+        if let Some(kids) = r.daemon_children {
+            self.daemon_children.insert(r.id.clone(), kids);
+        }
+        if let Some(at) = r.sibling_at {
+            if let Some(parent) = self.procs.get(&r.id).map(|p| p.parent_id.clone()) {
+                let siblings = self.daemon_children.entry(parent).or_default();
+                let at = at.min(siblings.len());
+                siblings.insert(at, r.id.clone());
+            }
+        }
+        // Its tombstone is the newest one (undone newest first). A tombstone
+        // it evicted (beyond TOMBSTONES) is not brought back.
+        if self.removed.back().is_some_and(|(id, _)| *id == r.id) {
+            let (id, request) = self.removed.pop_back().expect("checked");
+            self.removed_ids.remove(&id);
+            if self
+                .removed_requests
+                .get(&request)
+                .is_some_and(|x| *x == id)
+            {
+                self.removed_requests.remove(&request);
+            }
+        }
     }
 
     // ----- processes ------------------------------------------------------
@@ -233,7 +357,125 @@ impl Table {
                 a.running.insert(p.id.clone());
             }
         }
+        self.order.insert((p.created_unix_ms, p.id.clone()));
         self.procs.insert(p.id.clone(), p);
+    }
+
+    /// Removes a finished process (taken off the finished queue by
+    /// [`Table::pop_finished`], finished at `finished_at`) and every index
+    /// entry of it (retention); it is remembered as removed. Recorded like
+    /// any change, so a failed commit puts it all back ([`Table::revert`]).
+    /// `None`: unknown or not finished.
+    pub fn remove(&mut self, id: &str, finished_at: Instant) -> Option<Proc> {
+        if !self.procs.get(id)?.state.is_final() {
+            return None;
+        }
+        let p = self.procs.remove(id)?;
+        // Gone from the processes-by-state gauge; its start and outcome stay counted.
+        self.counts.by_state[p.state.index()] -= 1;
+        if self.by_request.get(&p.request_id).is_some_and(|x| x == id) {
+            self.by_request.remove(&p.request_id);
+        }
+        self.order.remove(&(p.created_unix_ms, p.id.clone()));
+        let mut indices = RemovedIndices {
+            id: id.to_owned(),
+            finished_at,
+            children_started: self.children_started.remove(id),
+            daemon_children: self.daemon_children.remove(id),
+            sibling_at: None,
+        };
+        if p.daemon && !p.parent_id.is_empty() {
+            if let Some(siblings) = self.daemon_children.get_mut(&p.parent_id) {
+                indices.sibling_at = siblings.iter().position(|c| c == id);
+                siblings.retain(|c| c != id);
+                if siblings.is_empty() {
+                    self.daemon_children.remove(&p.parent_id);
+                }
+            }
+        }
+        self.remember_removed(&p);
+        // Undone newest first: the process, then its indices.
+        self.undo.push(Undo::Removed(Box::new(indices)));
+        self.undo.push(Undo::Proc {
+            id: id.to_owned(),
+            prior: Some(p.clone()),
+        });
+        Some(p)
+    }
+
+    fn remember_removed(&mut self, p: &Proc) {
+        if self.removed.len() >= TOMBSTONES {
+            if let Some((id, request)) = self.removed.pop_front() {
+                self.removed_ids.remove(&id);
+                if self
+                    .removed_requests
+                    .get(&request)
+                    .is_some_and(|x| *x == id)
+                {
+                    self.removed_requests.remove(&request);
+                }
+            }
+        }
+        self.removed_ids.insert(p.id.clone());
+        if !p.request_id.is_empty() {
+            self.removed_requests
+                .insert(p.request_id.clone(), p.id.clone());
+        }
+        self.removed.push_back((p.id.clone(), p.request_id.clone()));
+    }
+
+    /// Whether retention removed `id` (among the last [`TOMBSTONES`]).
+    pub fn was_removed(&self, id: &str) -> bool {
+        self.removed_ids.contains(id)
+    }
+
+    /// The removed process a request id had started, if remembered.
+    pub fn removed_request(&self, request_id: &str) -> Option<&str> {
+        self.removed_requests.get(request_id).map(String::as_str)
+    }
+
+    /// How many processes are stopped or failed.
+    pub fn finished_len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// The process that finished first, and when (monotonic).
+    pub fn oldest_finished(&self) -> Option<(Instant, &str)> {
+        self.finished.front().map(|(at, id)| (*at, id.as_str()))
+    }
+
+    /// Takes the oldest finished process off the finished queue (to remove
+    /// it), with when it finished.
+    pub fn pop_finished(&mut self) -> Option<(Instant, String)> {
+        self.finished.pop_front()
+    }
+
+    /// The processes after `after` (all: from the first) in creation order,
+    /// as `keep` shows them (`None`: skipped): up to `limit` of them, and
+    /// whether more follow.
+    pub fn page<'a>(
+        &'a self,
+        after: Option<&Cursor>,
+        limit: usize,
+        keep: impl Fn(&str) -> Option<&'a Proc>,
+    ) -> (Vec<&'a Proc>, bool) {
+        let range = match after {
+            Some(c) => self
+                .order
+                .range((Bound::Excluded(c.clone()), Bound::Unbounded)),
+            None => self.order.range::<Cursor, _>(..),
+        };
+        let mut out = Vec::new();
+        for (_, id) in range {
+            let Some(p) = keep(id) else {
+                continue;
+            };
+            if out.len() == limit {
+                return (out, true);
+            }
+            out.push(p);
+        }
+        (out, false)
     }
 
     /// Changes one process and moves it between the running sets and the
@@ -253,6 +495,9 @@ impl Table {
             if let Some(outcome) = Outcome::of(p) {
                 self.counts.outcomes[outcome.index()] += 1;
             }
+        }
+        if now.is_final() && !was.is_final() {
+            self.finished.push_back((Instant::now(), id.to_owned()));
         }
         if was.is_active() && (!now.is_active() || node != old_node) {
             if let Some(a) = self.agents.get_mut(&old_node) {

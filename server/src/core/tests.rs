@@ -616,7 +616,9 @@ async fn a_failed_commit_rolls_back_acknowledges_nothing_and_recovers_without_a_
     let p = core.get(&first).unwrap();
     assert_eq!((p.state, p.exitcode), (ProcState::Started, None));
     assert_eq!(
-        core.list(true, "").len(),
+        core.list_page(true, "", None, None, usize::MAX, |_| ())
+            .0
+            .len(),
         1,
         "the refused start left no process"
     );
@@ -659,7 +661,12 @@ async fn a_failed_commit_rolls_back_acknowledges_nothing_and_recovers_without_a_
         (p.id.as_str(), p.state),
         (l.process_id.as_str(), ProcState::Started)
     );
-    assert_eq!(core.list(true, "").len(), 2);
+    assert_eq!(
+        core.list_page(true, "", None, None, usize::MAX, |_| ())
+            .0
+            .len(),
+        2
+    );
     assert!(rx.try_recv().is_err(), "launched exactly once");
 }
 
@@ -721,4 +728,221 @@ fn the_table_counts_starts_states_and_each_outcome_once() {
     assert_eq!(c.by_state.iter().sum::<u64>(), 5);
     assert!(t.oldest_queued().is_none());
     assert_eq!(t.started_on("n1"), 0);
+}
+
+#[test]
+fn retention_removes_the_oldest_finished_beyond_the_count_and_tells_their_node() {
+    use super::retention::{sweep, Retention};
+    let (mut t, now) = cluster(8);
+    let mut next = ids();
+    for _ in 0..5 {
+        let s = procs::start(&mut t, cmd(&["true"]), &mut next, T0_MS).unwrap();
+        procs::launched(&mut t, "n1", &s.id, 10, T0_MS);
+    }
+    // p4 first, then p1, p2, p3; p5 still runs.
+    for id in ["p4", "p1", "p2", "p3"] {
+        procs::exited(&mut t, "n1", 1, exit(id, 0), T0_MS);
+    }
+    let policy = Retention {
+        keep: 2,
+        max_age: Duration::from_secs(3600),
+    };
+    let swept = sweep(&mut t, &policy, Instant::now(), 1);
+    assert_eq!((swept.removed, swept.more), (1, true), "one per batch");
+    let swept2 = sweep(&mut t, &policy, Instant::now(), 10);
+    assert_eq!((swept2.removed, swept2.more), (1, false));
+    assert!(!t.contains("p4") && !t.contains("p1"));
+    assert!(t.contains("p2") && t.contains("p3") && t.contains("p5"));
+    assert!(t.was_removed("p4"));
+    let rows: Vec<_> = swept2
+        .effects
+        .rows()
+        .iter()
+        .filter_map(|r| match r {
+            Row::Removed(id) => Some(id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows, ["p1"]);
+    assert_eq!(
+        swept2.effects.sends()[0].msg,
+        ToNode::RemoveOutputs(vec!["p1".into()])
+    );
+    let _ = now;
+    // By age: everything finished longer ago than max_age goes; p5 runs on.
+    let old = Retention {
+        keep: 100,
+        max_age: Duration::ZERO,
+    };
+    sweep(&mut t, &old, Instant::now(), 10);
+    assert!(!t.contains("p2") && !t.contains("p3") && t.contains("p5"));
+}
+
+#[test]
+fn a_retried_start_of_a_removed_process_is_refused_not_launched_again() {
+    use super::retention::{sweep, Retention};
+    let (mut t, _) = cluster(2);
+    let mut spec = cmd(&["true"]);
+    spec.request_id = "r1".into();
+    start(&mut t, spec.clone(), "p1");
+    procs::launched(&mut t, "n1", "p1", 10, T0_MS);
+    procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    let none = Retention {
+        keep: 0,
+        max_age: Duration::from_secs(3600),
+    };
+    assert_eq!(sweep(&mut t, &none, Instant::now(), 10).removed, 1);
+    let err = procs::start(&mut t, spec, || "p2".into(), T0_MS).unwrap_err();
+    assert!(
+        matches!(err, CoreError::RemovedRequest { ref id, .. } if id == "p1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pages_follow_creation_order_and_rows_created_meanwhile_come_later_once() {
+    let (mut t, _) = cluster(100);
+    let mut next = ids();
+    for i in 0..5 {
+        procs::start(&mut t, cmd(&["true"]), &mut next, T0_MS + i).unwrap();
+    }
+    let (first, more) = t.page(None, 2, |id| t.get(id));
+    let first: Vec<String> = first.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(
+        (first.as_slice(), more),
+        (&["p1".to_owned(), "p2".into()][..], true)
+    );
+    let cursor = {
+        let p = t.get("p2").unwrap();
+        (p.created_unix_ms, p.id.clone())
+    };
+    // One more, created after the first page.
+    procs::start(&mut t, cmd(&["true"]), &mut next, T0_MS + 10).unwrap();
+    let (rest, more) = t.page(Some(&cursor), 100, |id| t.get(id));
+    let rest: Vec<&str> = rest.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!((rest, more), (vec!["p3", "p4", "p5", "p6"], false));
+}
+
+/// The listing indices follow `Table::revert`: a reverted start leaves the
+/// listing order, a reverted exit leaves the finished queue, and a reverted
+/// retention removal comes back with its order entry, its place in the
+/// finished queue, its request id and no tombstone.
+#[test]
+fn revert_keeps_the_listing_and_retention_indices_true() {
+    use super::retention::{sweep, Retention};
+    let (mut t, _) = cluster(8);
+    let mut next = ids();
+    let listed = |t: &Table| -> Vec<String> {
+        t.page(None, 100, |id| t.get(id))
+            .0
+            .iter()
+            .map(|p| p.id.clone())
+            .collect()
+    };
+    let mut spec = cmd(&["a"]);
+    spec.request_id = "r1".into();
+    let s1 = procs::start(&mut t, spec, &mut next, T0_MS).unwrap();
+    procs::launched(&mut t, "n1", &s1.id, 10, T0_MS);
+    t.take_undo();
+    // A start whose commit fails is not listed.
+    procs::start(&mut t, cmd(&["b"]), &mut next, T0_MS + 1).unwrap();
+    assert_eq!(listed(&t), ["p1", "p2"]);
+    let u = t.take_undo();
+    t.revert(u);
+    assert_eq!(listed(&t), ["p1"]);
+    // An exit whose commit fails is not finished.
+    procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    assert_eq!(t.finished_len(), 1);
+    let u = t.take_undo();
+    t.revert(u);
+    assert_eq!((state(&t, "p1"), t.finished_len()), (ProcState::Started, 0));
+    // A removal whose commit fails: everything back.
+    procs::exited(&mut t, "n1", 1, exit("p1", 0), T0_MS);
+    t.take_undo();
+    let (at, _) = t.oldest_finished().unwrap();
+    let everything = Retention {
+        keep: 0,
+        max_age: Duration::ZERO,
+    };
+    assert_eq!(sweep(&mut t, &everything, Instant::now(), 10).removed, 1);
+    assert!(t.get("p1").is_none() && t.was_removed("p1"));
+    assert_eq!(t.removed_request("r1"), Some("p1"));
+    let u = t.take_undo();
+    t.revert(u);
+    assert_eq!(listed(&t), ["p1"]);
+    assert_eq!(t.oldest_finished(), Some((at, "p1")));
+    assert_eq!(t.by_request("r1"), Some("p1"));
+    assert!(!t.was_removed("p1") && t.removed_request("r1").is_none());
+    // And the next sweep removes it for good.
+    assert_eq!(sweep(&mut t, &everything, Instant::now(), 10).removed, 1);
+    assert!(t.get("p1").is_none() && listed(&t).is_empty());
+}
+
+/// A retention removal whose commit fails loses nothing: the process is
+/// still there (get, listing), no RemoveOutputs is sent,
+/// and once commits work again a later sweep removes it for good.
+#[tokio::test]
+async fn a_retention_removal_whose_commit_fails_is_put_back() {
+    use super::retention::Retention;
+    use mpctl_proto::v1::coordinator_message::Msg as ToAgent;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let (store, _) = crate::store::Store::open(&db).unwrap();
+    let core = super::Core::new(Table::new(1), store.clone(), super::Timings::default());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let g = core.register(reg("n1", 2), tx).await.unwrap();
+    let id = {
+        let core2 = Arc::clone(&core);
+        let start = tokio::spawn(async move { core2.start(cmd(&["true"])).await });
+        let Some(ToAgent::Launch(l)) = rx.recv().await.unwrap().msg else {
+            panic!("expected a Launch");
+        };
+        core.launched("n1", &l.process_id, 100, T0_MS);
+        start.await.unwrap().unwrap().id
+    };
+    core.exited("n1", g, exit(&id, 0));
+    let (p, _) = core.join(&id, None).await.unwrap();
+    assert_eq!(p.exitcode, Some(0));
+    while let Ok(m) = rx.try_recv() {
+        assert!(matches!(m.msg, Some(ToAgent::AckExit(_))), "{m:?}");
+    }
+    let everything = Retention {
+        keep: 0,
+        max_age: Duration::ZERO,
+    };
+    let listed = |core: &super::Core| {
+        core.list_page(true, "", None, None, usize::MAX, |p| p.id.clone())
+            .0
+    };
+
+    store.inject_disk_full(true);
+    assert!(!core.sweep_once(&everything).await);
+    assert_eq!(core.get(&id).unwrap().exitcode, Some(0), "put back");
+    assert_eq!(listed(&core).len(), 1);
+    while let Ok(m) = rx.try_recv() {
+        assert!(
+            !matches!(m.msg, Some(ToAgent::RemoveOutputs(_))),
+            "no RemoveOutputs for an uncommitted removal: {m:?}"
+        );
+    }
+
+    store.inject_disk_full(false);
+    while core.store_failing().is_some() {
+        tokio::task::yield_now().await;
+    }
+    // Drain what recovery sends (ResendReports), then remove for good.
+    while rx.try_recv().is_ok() {}
+    core.sweep_once(&everything).await;
+    assert!(matches!(core.get(&id), Err(CoreError::Removed(ref r)) if *r == id));
+    assert!(listed(&core).is_empty());
+    // Recovery's ResendReports may come after the drain above: skip it.
+    let r = loop {
+        match rx.recv().await.unwrap().msg {
+            Some(ToAgent::RemoveOutputs(r)) => break r,
+            Some(ToAgent::ResendReports(_)) => continue,
+            other => panic!("expected RemoveOutputs, got {other:?}"),
+        }
+    };
+    assert_eq!(r.process_ids, [id]);
 }

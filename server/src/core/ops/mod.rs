@@ -6,5 +6,6 @@ mod agents;
 mod logs;
 mod pools;
 mod processes;
+mod retention;
 
 use super::*;

@@ -55,11 +55,12 @@ impl Core {
         let deadline = Instant::now() + START_CONFIRM;
         let ids = [id.to_owned()];
         let found = self
-            .wait_until(&ids, Some(deadline), |t| {
-                let p = t.get(id)?;
-                (p.state != ProcState::Launching).then(|| p.clone())
+            .wait_until(&ids, Some(deadline), |t| match t.get(id) {
+                None => Some(None),
+                Some(p) => (p.state != ProcState::Launching).then(|| Some(p.clone())),
             })
-            .await;
+            .await
+            .flatten();
         let p = match found {
             Some(p) => p,
             None => self.get(id)?,
@@ -85,8 +86,11 @@ impl Core {
     /// Whether `id` is a strict descendant of `ancestor` (its child, its
     /// child's child, ...).
     pub fn descends_from(&self, id: &str, ancestor: &str) -> bool {
-        let st = self.lock();
-        let mut cur = st.table.get(id);
+        Self::descends(&self.lock().table, id, ancestor)
+    }
+
+    fn descends(t: &Table, id: &str, ancestor: &str) -> bool {
+        let mut cur = t.get(id);
         // Bounded: no real tree is this deep, and a cycle must not hang us.
         for _ in 0..Self::MAX_DEPTH {
             let Some(p) = cur else { return false };
@@ -96,37 +100,50 @@ impl Core {
             if p.parent_id == ancestor {
                 return true;
             }
-            cur = st.table.get(&p.parent_id);
+            cur = t.get(&p.parent_id);
         }
         false
     }
 
-    /// The process as last committed.
+    /// The process as last committed; `Removed` once retention's removal
+    /// of it is committed.
     pub fn get(&self, id: &str) -> Result<Proc, CoreError> {
-        self.lock()
-            .durable(id)
-            .cloned()
-            .ok_or_else(|| CoreError::UnknownProcess(id.to_owned()))
+        let st = self.lock();
+        match st.durable(id) {
+            Some(p) => Ok(p.clone()),
+            None if Durable(&st).was_removed(id) => Err(CoreError::Removed(id.to_owned())),
+            None => Err(CoreError::UnknownProcess(id.to_owned())),
+        }
     }
 
-    /// The processes (all, or not stopped/failed), optionally of one node,
-    /// oldest first, without their results.
-    pub fn list(&self, all: bool, node: &str) -> Vec<Proc> {
+    /// One page of the processes (all, or not stopped/failed), optionally
+    /// of one node, of the descendants of `within` if given, oldest first (by creation, then id), each as `view`
+    /// shows it (under the lock, so nothing is copied that the caller does
+    /// not need): up to `limit` rows after `after`, and whether more follow.
+    pub fn list_page<T>(
+        &self,
+        all: bool,
+        node: &str,
+        within: Option<&str>,
+        after: Option<&table::Cursor>,
+        limit: usize,
+        view: impl Fn(&Proc) -> T,
+    ) -> (Vec<(table::Cursor, T)>, bool) {
         let st = self.lock();
-        let mut out: Vec<Proc> = st
-            .table
-            .procs()
-            .filter_map(|p| st.durable(&p.id))
-            .filter(|p| all || !p.state.is_final())
-            .filter(|p| node.is_empty() || p.node == node)
-            .map(|p| Proc {
-                result: None,
-                ..p.clone()
-            })
+        // The listing order holds every process in the table; each is shown
+        // as last committed (a start not yet durable is skipped). A removal
+        // not yet committed has already left the order: for that moment the
+        // row is missing from listings, while get/wait still show it.
+        let (rows, more) = st.table.page(after, limit, |id| {
+            st.durable(id)
+                .filter(|p| (all || !p.state.is_final()) && (node.is_empty() || p.node == node))
+                .filter(|p| within.is_none_or(|me| Self::descends(&st.table, &p.id, me)))
+        });
+        let rows = rows
+            .into_iter()
+            .map(|p| ((p.created_unix_ms, p.id.clone()), view(p)))
             .collect();
-        drop(st);
-        out.sort_by(|a, b| (a.created_unix_ms, &a.id).cmp(&(b.created_unix_ms, &b.id)));
-        out
+        (rows, more)
     }
 
     /// Like `Process.join(timeout)`: the process once settled, and whether
@@ -140,24 +157,33 @@ impl Core {
         let deadline = timeout.map(|t| Instant::now() + t);
         let ids = [id.to_owned()];
         let settled = self
-            .wait_until(&ids, deadline, |t| {
-                let p = t.get(id)?;
-                p.state.is_settled().then(|| p.clone())
+            .wait_until(&ids, deadline, |t| match t.get(id) {
+                // Removed by retention meanwhile: it had finished.
+                None => Some(None),
+                Some(p) => p.state.is_settled().then(|| Some(p.clone())),
             })
             .await;
         match settled {
-            Some(p) => Ok((p, false)),
+            Some(Some(p)) => Ok((p, false)),
+            Some(None) => Err(CoreError::Removed(id.to_owned())),
             None => Ok((self.get(id)?, true)),
         }
     }
 
-    /// Sentinel wait: the settled subset (any), or all of them (all).
-    pub async fn wait(
+    /// Sentinel wait: the settled subset (any), or all of them (all), each
+    /// as `view` shows it with its index in `ids`, from index `from` on.
+    /// `wait` false (a later page): no waiting, the subset as it is now. A
+    /// process removed by retention (it had finished) is ready; `view` gets
+    /// `None` for it.
+    pub async fn wait<T>(
         &self,
         ids: &[String],
         timeout: Option<Duration>,
         all: bool,
-    ) -> Result<Vec<Proc>, CoreError> {
+        from: usize,
+        wait: bool,
+        view: impl Fn(&str, Option<&Proc>) -> T,
+    ) -> Result<Vec<(usize, T)>, CoreError> {
         if ids.is_empty() {
             return Err(CoreError::WaitNoIds);
         }
@@ -167,29 +193,31 @@ impl Core {
                 got: ids.len(),
             });
         }
-        for id in ids {
-            self.get(id)?;
+        if wait {
+            for id in ids {
+                self.get(id)?;
+            }
         }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        let ready = |t: &Durable| -> Vec<Proc> {
+        let is_ready = |t: &Durable, id: &str| t.get(id).is_none_or(|p| p.state.is_settled());
+        let ready = |t: &Durable| -> Vec<(usize, T)> {
             ids.iter()
-                .filter_map(|id| t.get(id))
-                .filter(|p| p.state.is_settled())
-                .cloned()
+                .enumerate()
+                .skip(from)
+                .filter(|(_, id)| is_ready(t, id))
+                .map(|(i, id)| (i, view(id, t.get(id))))
                 .collect()
         };
-        let found = self
-            .wait_until(ids, deadline, |t| {
-                let r = ready(t);
-                let done = if all {
-                    r.len() == ids.len()
-                } else {
-                    !r.is_empty()
-                };
-                done.then_some(r)
-            })
-            .await;
-        Ok(found.unwrap_or_else(|| ready(&Durable(&self.lock()))))
+        if !wait {
+            return Ok(ready(&Durable(&self.lock())));
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        self.wait_until(ids, deadline, |t| {
+            let n = ids.iter().filter(|id| is_ready(t, id)).count();
+            let done = if all { n == ids.len() } else { n > 0 };
+            done.then_some(())
+        })
+        .await;
+        Ok(ready(&Durable(&self.lock())))
     }
 
     /// terminate()/kill(): the process only, or its tree; returns once the
