@@ -33,22 +33,7 @@ pub async fn connect(
     role: Role,
     security: Security,
 ) -> Result<Channel, TransportError> {
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
-        TransportError::InvalidAddress {
-            addr: addr.to_string(),
-            reason: e.to_string(),
-        }
-    })?;
-    let connector = Connector::new(addr, authkey, role, security)?;
-    let first = connector.establish().await?;
-    connector.put_first(first);
-    endpoint
-        .connect_with_connector(connector)
-        .await
-        .map_err(|source| TransportError::Channel {
-            addr: addr.to_string(),
-            source,
-        })
+    channel(addr, Connector::new(addr, authkey, role, security)?).await
 }
 
 /// Connects as managed process `process_id` with its job key (role
@@ -59,15 +44,21 @@ pub async fn connect_job(
     process_id: &str,
     security: Security,
 ) -> Result<Channel, TransportError> {
+    let mut connector =
+        Connector::with_key(addr, RoleKey::from_job_key(job_key), Role::Job, security)?;
+    connector.job_id = Some(Arc::from(process_id));
+    channel(addr, connector).await
+}
+
+/// A channel whose connections `connector` makes; the first is made now,
+/// so a wrong key or an unreachable server is an error here.
+async fn channel(addr: &str, connector: Connector) -> Result<Channel, TransportError> {
     let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
         TransportError::InvalidAddress {
             addr: addr.to_string(),
             reason: e.to_string(),
         }
     })?;
-    let mut connector =
-        Connector::with_key(addr, RoleKey::from_job_key(job_key), Role::Job, security)?;
-    connector.job_id = Some(Arc::from(process_id));
     let first = connector.establish().await?;
     connector.put_first(first);
     endpoint
