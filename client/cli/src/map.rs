@@ -423,13 +423,14 @@ async fn map_inputs(
             if let Some(log) = log.as_deref_mut() {
                 log.write(&entry)?;
             }
+            // The bar counts inputs, not attempts: reruns do not move it.
+            if round == 0 {
+                bar.inc(1);
+            }
             match why {
                 None => {
                     failures.remove(&index);
                     succeeded += 1;
-                    if round == 0 {
-                        bar.inc(1);
-                    }
                 }
                 Some(why) => {
                     failures.insert(
@@ -439,9 +440,6 @@ async fn map_inputs(
                             why,
                         },
                     );
-                    if round == 0 {
-                        bar.inc(1);
-                    }
                     if !last_round {
                         again.push(index);
                     }
